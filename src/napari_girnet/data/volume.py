@@ -73,7 +73,9 @@ class Volume:
         label = self.name or "volume"
         arr = np.asarray(self.array)
         if arr.ndim != 3:
-            raise VolumeError(f"{label}: expected a 3D volume, got {arr.ndim}D with shape {arr.shape}")
+            raise VolumeError(
+                f"{label}: expected a 3D volume, got {arr.ndim}D with shape {arr.shape}"
+            )
         if arr.size == 0:
             raise VolumeError(f"{label}: volume is empty (shape {arr.shape})")
         object.__setattr__(self, "array", arr)
