@@ -85,7 +85,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
 
     The provenance gains ``saved_at`` (ISO time) and the napari-girnet/torch versions.
     """
-    from .. import __version__
+    from .._version import __version__
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

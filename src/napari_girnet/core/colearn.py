@@ -389,8 +389,9 @@ class CoLearner:
         inp = self.model.inp
         inp.train()
         with frozen(self.model.reg, self.model.seg):
+            guide = self._guide(scan, atlas)  # the atlas warped by the current RegNet
             loss, terms = pretrain_inpainter_loss(
-                inp, scan, atlas, hole, self.runtime, histmatch=self.config.loss.histmatch
+                inp, scan, guide, hole, self.runtime, histmatch=self.config.loss.histmatch
             )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite pretraining loss at step {self.step + 1}")
@@ -428,9 +429,9 @@ class CoLearner:
     def _guide(self, scan: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
         """Atlas warped onto the scan by the current RegNet (no gradient)."""
         with torch.no_grad(), self.runtime.autocast():
-            f = self.model.register(scan, atlas)
+            phi_ts = self.model.atlas_to_scan_field(scan, atlas)
         atlas_b = atlas.expand(scan.shape[0], *atlas.shape[1:])
-        return warp(atlas_b, f.phi_ts.detach())
+        return warp(atlas_b, phi_ts)
 
     def _hard_mask(self, scan: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.runtime.autocast():
@@ -475,9 +476,11 @@ class CoLearner:
         """Prediction on the preview pair with the current weights (CPU tensors)."""
         assert self.preview_pair is not None
         scan, atlas = (self.runtime.prepare(t) for t in self.preview_pair)
-        with self.runtime.autocast():
-            pred = self.model.predict(scan, atlas)
-        return pred.to("cpu")
+        if scan.dim() == self.model.ndim + 2:
+            with self.runtime.autocast():
+                return self.model.predict(scan, atlas).to("cpu")
+        # a whole volume for 2D networks: slice by slice
+        return self.model.predict_volume(scan, atlas, autocast=self.runtime.autocast).to("cpu")
 
     # ------------------------------------------------------------------ state
     def checkpoint(self) -> Checkpoint:

@@ -10,9 +10,12 @@ Presets (:data:`PRESETS`):
 ``gpu-1mm``
     The paper's setting: 3D, 160x192x144 at 1 mm, reference widths, fp32/AMP on a GPU.
 ``cpu-2mm``
-    3D at 2 mm (80x96x80), reference widths; the CPU default for volumes.
+    3D at 2 mm (80x96x80), half the reference widths and velocity integration at 4 mm: the CPU
+    default for volumes (a reference-width step is 3x slower on a 2-core CPU, see
+    ``benchmarks/step_speed.py``).
 ``2d``
-    Axial slices (160x192 at 1 mm) with 2D networks of the reference widths: minutes on a laptop.
+    Axial slices (160x192 at 1 mm) with 2D networks of the reference widths, integration at
+    half resolution: minutes on a laptop.
 ``test``
     Tiny 3D networks on 32^3 volumes for tests and smoke runs.
 """
@@ -53,6 +56,10 @@ class NetConfig:
         Velocity scale in voxels: Softsign outputs in (-1, 1) are multiplied by it (100).
     int_steps : int
         Scaling-and-squaring steps (7).
+    int_downsize : int
+        Integrate velocities on a grid this many times coarser and upsample the displacements
+        (VoxelMorph's ``int_downsize``; 1 = full resolution as GIRNet/SymNet; 2 cuts the cost
+        of integration 8x in 3D, the CPU presets' choice).
     seg_enc, seg_dec : tuple of int
         SegNet encoder / decoder widths (GIRNet ``mask_net['default']``).
     inp_enc, inp_dec : tuple of int
@@ -62,6 +69,7 @@ class NetConfig:
     reg_start_channels: int = 7
     range_flow: float = 100.0
     int_steps: int = 7
+    int_downsize: int = 1
     seg_enc: tuple[int, ...] = (16, 32, 64, 128)
     seg_dec: tuple[int, ...] = (128, 64, 32, 32, 32, 16, 16)
     inp_enc: tuple[int, ...] = (16, 32, 64, 64)
@@ -74,6 +82,8 @@ class NetConfig:
             raise ConfigError("net.range_flow must be > 0")
         if self.int_steps < 0:
             raise ConfigError("net.int_steps must be >= 0")
+        if self.int_downsize < 1:
+            raise ConfigError("net.int_downsize must be >= 1")
         for name in ("seg_enc", "inp_enc"):
             if len(getattr(self, name)) != 4:
                 raise ConfigError(f"net.{name} must have 4 widths (4 levels down to 1/16)")
@@ -362,6 +372,15 @@ def _section_from_dict(klass: type, data: dict[str, Any], name: str) -> Any:
     return dataclasses.replace(defaults, **kwargs)
 
 
+_HALF_NET = NetConfig(
+    reg_start_channels=4,
+    int_downsize=2,
+    seg_enc=(8, 16, 32, 64),
+    seg_dec=(64, 32, 16, 16, 16, 8, 8),
+    inp_enc=(8, 16, 32, 32),
+    inp_dec=(32, 32, 16, 16, 16, 8, 8),
+)
+
 _TINY_NET = NetConfig(
     reg_start_channels=4,
     seg_enc=(8, 16, 16, 16),
@@ -379,12 +398,14 @@ PRESETS: dict[str, GIRNetConfig] = {
     ),
     "cpu-2mm": GIRNetConfig(
         preset="cpu-2mm",
+        net=_HALF_NET,
         data=DataConfig(ndim=3, resolution_mm=2.0, atlas_preset="2mm", shape=(80, 96, 80)),
         schedule=ScheduleConfig(steps=300, pretrain_inp_steps=0),
         runtime=RuntimeConfig(device="auto", checkpoint_every=25, preview_every=25),
     ),
     "2d": GIRNetConfig(
         preset="2d",
+        net=NetConfig(int_downsize=2),
         data=DataConfig(ndim=2, resolution_mm=1.0, atlas_preset="1mm", shape=(160, 192)),
         schedule=ScheduleConfig(steps=2000, batch_size=4, pretrain_inp_steps=0),
         runtime=RuntimeConfig(device="auto", checkpoint_every=100, preview_every=100),
@@ -392,7 +413,7 @@ PRESETS: dict[str, GIRNetConfig] = {
     "test": GIRNetConfig(
         preset="test",
         net=_TINY_NET,
-        data=DataConfig(ndim=3, resolution_mm=6.0, atlas_preset="test", shape=(32, 32, 32)),
+        data=DataConfig(ndim=3, resolution_mm=6.0, atlas_preset="6mm", shape=(32, 32, 32)),
         schedule=ScheduleConfig(steps=10),
         runtime=RuntimeConfig(device="cpu", precision="fp32", checkpoint_every=5, preview_every=5),
     ),

@@ -7,10 +7,14 @@ Mok & Chung, SymNet, CVPR 2020 (symmetric composition of the half fields).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -167,6 +171,9 @@ class GIRNet(nn.Module):
         Velocities ``v_s, v_t`` are integrated by scaling and squaring to the half fields
         ``exp(v_s)``, ``exp(v_t)`` (mid-space); the full fields compose one half with the inverse
         of the other: ``phi_st = exp(v_s) ∘ exp(-v_t)`` and ``phi_ts = exp(v_t) ∘ exp(-v_s)``.
+        With ``net.int_downsize = k > 1`` the velocities are integrated on a grid ``k`` times
+        coarser and the displacements upsampled (VoxelMorph's ``int_downsize``), which cuts the
+        cost of the 4 x ``int_steps`` resamplings by ``k^ndim``.
 
         Parameters
         ----------
@@ -174,24 +181,71 @@ class GIRNet(nn.Module):
             ``(B, 1, *spatial)`` on the same grid, intensities in [0, 1]. An atlas with batch 1
             is broadcast.
         """
+        v_s, v_t = self._velocities(scan, atlas)
+        with torch.autocast(device_type=scan.device.type, enabled=False):
+            steps = self.config.net.int_steps
+            vs, vt = self._down(v_s), self._down(v_t)
+            s_half, t_half = integrate(vs, steps), integrate(vt, steps)
+            s_half_inv, t_half_inv = integrate(-vs, steps), integrate(-vt, steps)
+            shape = v_s.shape[2:]
+            return RegistrationFields(
+                v_s=v_s,
+                v_t=v_t,
+                phi_s_half=self._up(s_half, shape),
+                phi_t_half=self._up(t_half, shape),
+                phi_st=self._up(compose(s_half, t_half_inv), shape),
+                phi_ts=self._up(compose(t_half, s_half_inv), shape),
+            )
+
+    def atlas_to_scan_field(self, scan: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
+        """Only ``phi_ts`` (scan grid -> atlas voxels): half the integrations of :meth:`register`.
+
+        Used for the inpainter's guide (the atlas warped onto the scan) in the SegNet and InpNet
+        steps, where the other fields are not needed.
+        """
+        v_s, v_t = self._velocities(scan, atlas)
+        with torch.autocast(device_type=scan.device.type, enabled=False):
+            steps = self.config.net.int_steps
+            t_half = integrate(self._down(v_t), steps)
+            s_half_inv = integrate(-self._down(v_s), steps)
+            return self._up(compose(t_half, s_half_inv), v_s.shape[2:])
+
+    def _velocities(
+        self, scan: torch.Tensor, atlas: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_pair(scan, atlas)
         if atlas.shape[0] != scan.shape[0]:
             atlas = atlas.expand(scan.shape[0], *atlas.shape[1:])
         v_s, v_t = self.reg(scan, atlas)
         # integration and composition in fp32 even under autocast (sub-voxel accuracy)
-        with torch.autocast(device_type=scan.device.type, enabled=False):
-            v_s, v_t = v_s.float(), v_t.float()
-            steps = self.config.net.int_steps
-            s_half, t_half = integrate(v_s, steps), integrate(v_t, steps)
-            s_half_inv, t_half_inv = integrate(-v_s, steps), integrate(-v_t, steps)
-            return RegistrationFields(
-                v_s=v_s,
-                v_t=v_t,
-                phi_s_half=s_half,
-                phi_t_half=t_half,
-                phi_st=compose(s_half, t_half_inv),
-                phi_ts=compose(t_half, s_half_inv),
-            )
+        return v_s.float(), v_t.float()
+
+    def _coarse_shape(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+        k = self.config.net.int_downsize
+        return tuple(max(2, -(-s // k)) for s in shape)
+
+    @staticmethod
+    def _resize_field(field: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """Resize a voxel displacement/velocity field, rescaling its values to the new voxels."""
+        src = field.shape[2:]
+        if tuple(src) == tuple(size):
+            return field
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        out = F.interpolate(field, size=size, mode=mode, align_corners=True)
+        ratio = torch.tensor(
+            [(n - 1) / max(s - 1, 1) for n, s in zip(size, src, strict=True)],
+            dtype=out.dtype,
+            device=out.device,
+        )
+        return out * ratio.view(1, -1, *([1] * len(size)))
+
+    def _down(self, v: torch.Tensor) -> torch.Tensor:
+        if self.config.net.int_downsize == 1:
+            return v
+        return self._resize_field(v, self._coarse_shape(v.shape[2:]))
+
+    def _up(self, d: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        return self._resize_field(d, tuple(shape))
 
     def segment(self, scan: torch.Tensor) -> torch.Tensor:
         """Lesion probability ``(B, 1, *spatial)`` in [0, 1] (SegNet)."""
@@ -227,6 +281,64 @@ class GIRNet(nn.Module):
         return fill
 
     # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_volume(
+        self,
+        scan: torch.Tensor,
+        atlas: torch.Tensor,
+        threshold: float | None = None,
+        slice_batch: int = 8,
+        autocast: Callable[[], AbstractContextManager] | None = None,
+    ) -> Prediction:
+        """Predict on a 3D volume ``(1, 1, X, Y, Z)`` with 3D or 2D (axial slice) networks.
+
+        3D networks: :meth:`predict`. 2D networks: axial slices ``[..., z]`` are predicted in
+        batches of ``slice_batch`` and stacked; displacement fields get a zero component along
+        the slice axis (in-plane registration), the Jacobian is the in-plane determinant.
+
+        Parameters
+        ----------
+        scan, atlas : torch.Tensor
+            ``(1, 1, X, Y, Z)`` on the same grid.
+        autocast : callable, optional
+            Returns the autocast context to run networks in (see ``Runtime.autocast``).
+        """
+        ctx = autocast or contextlib.nullcontext
+        if self.ndim == 3:
+            with ctx():
+                return self.predict(scan, atlas, threshold)
+        if scan.dim() != 5 or scan.shape[0] != 1:
+            raise ValueError(f"predict_volume expects (1, 1, X, Y, Z), got {tuple(scan.shape)}")
+        _check_pair(scan, atlas)
+        n_slices = scan.shape[-1]
+        parts: list[Prediction] = []
+        for z0 in range(0, n_slices, slice_batch):
+            z1 = min(z0 + slice_batch, n_slices)
+            s2 = scan[0, :, :, :, z0:z1].permute(3, 0, 1, 2)  # (b, 1, X, Y)
+            a2 = atlas[0, :, :, :, z0:z1].permute(3, 0, 1, 2)
+            with ctx():
+                parts.append(self.predict(s2, a2, threshold))
+
+        def stack(name: str) -> torch.Tensor:
+            t = torch.cat([getattr(p, name) for p in parts])  # (Z, C, X, Y)
+            return t.permute(1, 2, 3, 0).unsqueeze(0)  # (1, C, X, Y, Z)
+
+        def field3d(name: str) -> torch.Tensor:
+            f = stack(name)
+            return torch.cat([f, torch.zeros_like(f[:, :1])], dim=1)
+
+        return Prediction(
+            lesion_probability=stack("lesion_probability"),
+            lesion_mask=stack("lesion_mask"),
+            inpainted=stack("inpainted"),
+            phi_ts=field3d("phi_ts"),
+            phi_st=field3d("phi_st"),
+            atlas_to_scan=stack("atlas_to_scan"),
+            scan_to_atlas=stack("scan_to_atlas"),
+            jacobian=stack("jacobian"),
+            threshold=parts[0].threshold,
+        )
+
     @torch.no_grad()
     def predict(
         self, scan: torch.Tensor, atlas: torch.Tensor, threshold: float | None = None

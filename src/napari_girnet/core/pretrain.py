@@ -74,7 +74,8 @@ def pretrain_inpainter_loss(
     scan : torch.Tensor
         ``(B, 1, *S)`` healthy (or pathological) scans in [0, 1].
     guide : torch.Tensor
-        ``(B or 1, 1, *S)`` guide image on the same grid (the atlas, aligned to the scan).
+        ``(B or 1, 1, *S)`` guide image on the same grid: the atlas warped onto the scan by
+        the current RegNet (as GIRNet's pretraining uses a pretrained SymNet).
     hole : torch.Tensor
         ``(B, 1, *S)`` box masks.
     histmatch : bool

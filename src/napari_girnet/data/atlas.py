@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,16 +354,25 @@ def load_atlas(preset: str = "2mm") -> Atlas:
     AtlasError
         (a ``ValueError``) for an unknown preset; the message lists the valid ones.
     """
-    if preset not in ATLAS_PRESETS:
+    return _load_preset(_preset_spec(preset).name)
+
+
+def _preset_spec(preset: str) -> AtlasPreset:
+    """Named preset, or any ``"<N>mm"`` resolution (e.g. ``"6mm"`` for tiny test grids)."""
+    if preset in ATLAS_PRESETS:
+        return ATLAS_PRESETS[preset]
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)mm", str(preset))
+    if match is None or float(match.group(1)) <= 0:
         raise AtlasError(
             f"unknown atlas preset {preset!r}; valid presets: {', '.join(sorted(ATLAS_PRESETS))}"
+            " or '<N>mm' for another isotropic resolution"
         )
-    return _load_preset(preset)
+    return AtlasPreset(str(preset), float(match.group(1)), 16)
 
 
 @functools.lru_cache(maxsize=8)
 def _load_preset(preset: str) -> Atlas:
-    spec = ATLAS_PRESETS[preset]
+    spec = _preset_spec(preset)
     shape, affine = working_grid(spec.resolution_mm, spec.multiple)
     logger.debug("building atlas preset %s: shape %s", preset, shape)
     return _atlas_on_grid(shape, affine, preset)

@@ -65,7 +65,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.exposure import match_histograms
 
-from napari_girnet import __version__
+from napari_girnet._version import __version__
 from napari_girnet.core.spatial import integrate, jacobian_determinant, warp
 from napari_girnet.data.nifti import read_displacement, read_nifti, write_displacement, write_nifti
 from napari_girnet.data.volume import Volume

@@ -48,6 +48,7 @@ __all__ = [
     "DatasetError",
     "Sample",
     "aal_names",
+    "case_sources",
     "colin27_source_brain",
     "datasets_dir",
     "lesion_library",
@@ -375,3 +376,64 @@ def lesion_library(
             f"unknown lesion sources {unknown} in exclude; valid: {', '.join(names)}"
         )
     return [s for s in sources if s.kind in kinds and s.name not in set(exclude)]
+
+
+def case_sources(
+    resolution: int | str = 2,
+    lesions: str = "both",
+    data_dir: str | Path | None = None,
+    exclude: Sequence[str] = (),
+) -> tuple[list[SourceBrain], list[LesionSource]]:
+    """Healthy brains and lesion sources for ``girnet make-cases`` at a resolution.
+
+    2 mm uses the bundled files (Colin27 + the atlas; :func:`lesion_library`). 1 mm builds the
+    same sources from the raw shared data in ``data_dir`` (``colin27/``, ``ms-lesions/``,
+    ``glioma-tcga-du-7294/``) with :mod:`napari_girnet.datasets.build`, on the "1mm" grid.
+
+    Raises
+    ------
+    DatasetError
+        For an unknown ``lesions`` choice or a 1 mm request without ``data_dir``.
+    """
+    from napari_girnet.data.synthetic import atlas_source_brain
+
+    choices = {"both": ("ms", "glioma"), "ms": ("ms",), "glioma": ("glioma",)}
+    if lesions not in choices:
+        raise DatasetError(f"lesions must be one of {sorted(choices)}, got {lesions!r}")
+    kinds = choices[lesions]
+    if str(resolution) in ("2", "2mm", "2.0"):
+        brains = [colin27_source_brain(), atlas_source_brain("2mm")]
+        return brains, lesion_library(kinds, exclude)
+    if str(resolution) not in ("1", "1mm", "1.0"):
+        raise DatasetError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
+    if data_dir is None:
+        raise DatasetError(
+            "1 mm cases are built from the raw shared data: pass --data-dir (the folder with "
+            "colin27/, ms-lesions/ and glioma-tcga-du-7294/)"
+        )
+    from napari_girnet.datasets import build
+
+    colin, aal = build.build_colin27(data_dir, "1mm")
+    brains = [SourceBrain("colin27", colin, aal), atlas_source_brain("1mm")]
+    sources: list[LesionSource] = []
+    if "ms" in kinds:
+        masks = build.build_ms_masks(data_dir, "1mm")
+        donors = {}
+        for pid in sorted(set(MS_APPEARANCE_DONOR.values())):
+            t1, mask = build.build_ms_patient(data_dir, pid, "1mm")
+            donors[pid] = Sample(f"ms{pid}", t1, mask, f"MS patient {pid}", "CC-BY")
+        for pid in MS_MASK_PATIENTS:
+            donor = donors[MS_APPEARANCE_DONOR[pid]]
+            if pid in donors:
+                sources.append(LesionSource(f"ms{pid}", "ms", donor.truth, donor.scan))
+                continue
+            mask = masks[pid]
+            appearance = donor.scan.with_array(
+                _donor_appearance(pid, np.asarray(mask.array, dtype=bool), donor)
+            )
+            sources.append(LesionSource(f"ms{pid}", "ms", mask, appearance))
+    if "glioma" in kinds:
+        t1, tumour, _ = build.build_glioma(data_dir, "1mm")
+        sources.append(LesionSource("glioma", "glioma", tumour, t1))
+    sources = [s for s in sources if s.name not in set(exclude)]
+    return brains, sources
