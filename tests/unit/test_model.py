@@ -1,0 +1,66 @@
+"""GIRNet model: symmetric composition, coarse integration, predictions, config round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_girnet.core.config import ConfigError, GIRNetConfig, preset
+from napari_girnet.core.model import GIRNet
+from napari_girnet.core.spatial import compose, integrate
+
+
+def test_resize_field_rescales_voxel_units():
+    field = torch.zeros(1, 3, 33, 25, 17)
+    field[:, 0] = 4.0  # 4 voxels along axis 0 of the fine grid
+    coarse = GIRNet._resize_field(field, (17, 13, 9))
+    assert coarse[:, 0].mean().item() == pytest.approx(4.0 * 16 / 32)
+    back = GIRNet._resize_field(coarse, (33, 25, 17))
+    torch.testing.assert_close(back, field)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_register_is_symmetric_composition_of_half_fields(k):
+    cfg = preset("test", net={"int_downsize": k})
+    torch.manual_seed(0)
+    model = GIRNet(cfg)
+    scan, atlas = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    f = model.register(scan, atlas)
+    assert f.phi_st.shape == f.phi_ts.shape == (1, 3, 32, 32, 32)
+    if k == 1:
+        steps = cfg.net.int_steps
+        expect = compose(integrate(f.v_t, steps), integrate(-f.v_s, steps))
+        torch.testing.assert_close(f.phi_ts, expect)
+    torch.testing.assert_close(model.atlas_to_scan_field(scan, atlas), f.phi_ts)
+
+
+def test_zero_velocity_gives_identity_and_predict_outputs():
+    cfg = preset("test", net={"int_downsize": 2})
+    model = GIRNet(cfg)
+    for p in model.reg.parameters():
+        torch.nn.init.zeros_(p)
+    scan = torch.rand(2, 1, 32, 32, 32)
+    atlas = torch.rand(1, 1, 32, 32, 32)
+    pred = model.predict(scan, atlas)
+    assert torch.all(pred.phi_ts == 0) and torch.all(pred.jacobian == 1)
+    torch.testing.assert_close(pred.atlas_to_scan, atlas.expand(2, -1, -1, -1, -1))
+    outside = ~pred.lesion_mask
+    torch.testing.assert_close(pred.inpainted[outside], scan[outside])
+    with pytest.raises(ValueError, match="same working grid"):
+        model.predict(scan, torch.rand(1, 1, 32, 32, 16))
+
+
+def test_config_json_round_trip_and_strictness():
+    cfg = preset("cpu-2mm", schedule={"steps": 7}, runtime={"seed": 3})
+    again = GIRNetConfig.from_json(cfg.to_json())
+    assert again == cfg
+    data = cfg.to_dict()
+    data["schedule"]["stpes"] = 3
+    with pytest.raises(ConfigError, match="stpes"):
+        GIRNetConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("gpu-3mm")
+    with pytest.raises(ConfigError, match="odd"):
+        cfg.override(loss={"reg_window": 8})
+    for name in ("cpu-2mm", "gpu-1mm", "2d", "test"):
+        assert preset(name).preset == name
