@@ -1,0 +1,435 @@
+"""Dock widget "Apply model": register a scan layer to the atlas, segment and inpaint its lesion.
+
+The widget gathers an :class:`~napari_girnet._napari.workers.ApplyJob` on the GUI thread, runs
+:func:`~napari_girnet._napari.workers.apply_steps` (which calls
+:func:`napari_girnet.api.register`) in a napari generator worker, and adds the result layers
+(:func:`~napari_girnet._napari.layers.result_to_layers`) when the worker returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import napari
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import api
+from ..core.colearn import TrainingReport
+from ..core.config import PRESETS
+from ..evaluation import metrics
+from . import layers
+from .tooltips import tip
+from .workers import (
+    ApplyJob,
+    ApplyOutcome,
+    LayerCombo,
+    add_or_update_layers,
+    apply_steps,
+    available_devices,
+    default_preset,
+    format_mm,
+    last_trained,
+    one_line,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari.qt.threading import GeneratorWorker
+
+__all__ = ["MODEL_BUNDLED", "MODEL_CHOICES", "MODEL_FILE", "MODEL_LAST", "ApplyWidget"]
+
+log = logging.getLogger(__name__)
+
+ATLAS_BUNDLED = "MNI152 (bundled)"
+NO_TRUTH = "(none)"
+MODEL_BUNDLED = "bundled model for preset"
+MODEL_LAST = "last trained"
+MODEL_FILE = "checkpoint file"
+MODEL_CHOICES = (MODEL_BUNDLED, MODEL_LAST, MODEL_FILE)
+
+
+def _snapshot(volume: Any) -> Any:
+    return replace(volume, array=np.array(volume.array))
+
+
+class ApplyWidget(QWidget):
+    """Apply a GIRNet model (optionally fine-tuned on the scan) to one Image layer.
+
+    Signals
+    -------
+    run_started()
+    progress_received(object)
+        A fine-tuning :class:`~napari_girnet.core.colearn.TrainingReport`.
+    run_finished(object)
+        The :class:`~napari_girnet._napari.workers.ApplyOutcome` (``result`` None if
+        cancelled), after the layers were added.
+    run_failed(str)
+        One-line reason (the notification is shown by napari).
+    """
+
+    run_started = Signal()
+    progress_received = Signal(object)
+    run_finished = Signal(object)
+    run_failed = Signal(str)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: GeneratorWorker | None = None
+        self.last_result: api.RegistrationResult | None = None
+        self.added_layers: list[Any] = []
+        self._cancel: threading.Event | None = None
+        self._job: ApplyJob | None = None
+        self._stride = 6
+        self._provenance: dict[str, Any] = {}
+        self._running = False
+        self._build()
+        self._on_model_changed(self.model.currentText())
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        self.scan = LayerCombo(self.viewer, napari.layers.Image)
+        self.atlas = LayerCombo(self.viewer, napari.layers.Image, extra=(ATLAS_BUNDLED,))
+        self.model = QComboBox()
+        self.model.addItems(list(MODEL_CHOICES))
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.setCurrentText(default_preset())
+        self.checkpoint = QLineEdit()
+        self.checkpoint.setPlaceholderText("last.pt")
+        self.browse = QPushButton("Browse…")
+        self.fine_tune_steps = QSpinBox()
+        self.fine_tune_steps.setRange(0, 1_000_000)
+        self.fine_tune_steps.setValue(0)
+        self.pseudo_cases = QSpinBox()
+        self.pseudo_cases.setRange(0, 1000)
+        self.pseudo_cases.setValue(8)
+        self.refine = QCheckBox("refine with random walker")
+        self.stride = QSpinBox()
+        self.stride.setRange(1, 64)
+        self.stride.setValue(6)
+        self.truth = LayerCombo(self.viewer, napari.layers.Labels, extra=(NO_TRUTH,))
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+
+        for widget, key in (
+            (self.scan, "scan"),
+            (self.atlas, "atlas"),
+            (self.model, "model"),
+            (self.preset, "preset"),
+            (self.checkpoint, "checkpoint"),
+            (self.browse, "browse"),
+            (self.fine_tune_steps, "fine_tune_steps"),
+            (self.pseudo_cases, "pseudo_cases"),
+            (self.refine, "refine"),
+            (self.stride, "stride"),
+            (self.truth, "truth"),
+            (self.device, "device"),
+            (self.seed, "seed"),
+            (self.run_button, "run"),
+            (self.cancel_button, "cancel"),
+        ):
+            widget.setToolTip(tip(f"apply.{key}"))
+
+        ckpt_row = QHBoxLayout()
+        ckpt_row.setContentsMargins(0, 0, 0, 0)
+        ckpt_row.addWidget(self.checkpoint, 1)
+        ckpt_row.addWidget(self.browse)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+
+        form = QFormLayout()
+        form.addRow("Scan", self.scan)
+        form.addRow("Atlas", self.atlas)
+        form.addRow("Model", self.model)
+        form.addRow("Preset", self.preset)
+        form.addRow("Checkpoint", ckpt_row)
+        form.addRow("Fine-tune steps", self.fine_tune_steps)
+        form.addRow("Pseudo cases", self.pseudo_cases)
+        form.addRow("", self.refine)
+        form.addRow("Vector stride", self.stride)
+        form.addRow("Ground truth", self.truth)
+        form.addRow("Device", self.device)
+        form.addRow("Seed", self.seed)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.progress_bar)
+        layout.addStretch(1)
+
+        self.model.currentTextChanged.connect(self._on_model_changed)
+        self.fine_tune_steps.valueChanged.connect(self._update_enabled)
+        self.browse.clicked.connect(self._browse)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+
+    def _on_model_changed(self, _: str = "") -> None:
+        self._update_enabled()
+        if self.model.currentText() == MODEL_LAST:
+            path = last_trained(self.viewer)
+            self.status.setText(
+                f"last trained: {path}" if path else "no model trained in this viewer yet"
+            )
+
+    def _update_enabled(self, *_: Any) -> None:
+        running = self._running
+        choice = self.model.currentText()
+        self.preset.setEnabled(not running and choice == MODEL_BUNDLED)
+        self.checkpoint.setEnabled(not running and choice == MODEL_FILE)
+        self.browse.setEnabled(not running and choice == MODEL_FILE)
+        self.pseudo_cases.setEnabled(not running and self.fine_tune_steps.value() > 0)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "GIRNet checkpoint", self.checkpoint.text(), "Checkpoints (*.pt);;All (*)"
+        )
+        if path:
+            self.checkpoint.setText(path)
+            self.model.setCurrentText(MODEL_FILE)
+
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for w in (
+            self.scan,
+            self.atlas,
+            self.model,
+            self.fine_tune_steps,
+            self.refine,
+            self.stride,
+            self.truth,
+            self.device,
+            self.seed,
+        ):
+            w.setEnabled(not running)
+        self._update_enabled()
+
+    @property
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    # ------------------------------------------------------------------ job
+    def _model_path(self) -> Path | None:
+        choice = self.model.currentText()
+        if choice == MODEL_BUNDLED:
+            preset = self.preset.currentText()
+            if api.bundled_model_path(preset) is None:
+                show_warning(
+                    f"GIRNet: no weights are bundled for preset {preset!r}; the networks start "
+                    "from random weights (fine-tune, or train a model first)"
+                )
+            return None
+        if choice == MODEL_LAST:
+            path = last_trained(self.viewer)
+            if path is None:
+                raise ValueError("no model was trained in this viewer yet (use the Train widget)")
+            return path
+        text = self.checkpoint.text().strip()
+        if not text:
+            raise ValueError("choose a checkpoint file")
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ValueError(f"checkpoint {path} does not exist")
+        return path
+
+    def job(self) -> ApplyJob:
+        """The job described by the controls (GUI thread: reads layers).
+
+        Raises
+        ------
+        ValueError
+            No scan layer, missing model, or a layer that is not a 3D volume.
+        """
+        scan_layer = self.scan.layer()
+        if scan_layer is None:
+            raise ValueError("choose a scan (Image layer)")
+        scan = _snapshot(layers.layer_to_volume(scan_layer))
+        atlas_layer = self.atlas.layer()
+        atlas: Any = "mni152"
+        if atlas_layer is not None:
+            atlas = _snapshot(layers.layer_to_volume(atlas_layer))
+        truth_layer = self.truth.layer()
+        truth = _snapshot(layers.layer_to_volume(truth_layer)) if truth_layer else None
+        model = self._model_path()
+        steps = self.fine_tune_steps.value()
+        self._stride = self.stride.value()
+        self._provenance = {
+            "widget": "Apply model",
+            "input_layers": [
+                n
+                for n in (
+                    scan_layer.name,
+                    atlas_layer.name if atlas_layer is not None else None,
+                    truth_layer.name if truth_layer is not None else None,
+                )
+                if n
+            ],
+            "atlas": atlas_layer.name if atlas_layer is not None else "mni152",
+            "truth_layer": truth_layer.name if truth_layer is not None else None,
+            "model_choice": self.model.currentText(),
+            "pseudo_cases": self.pseudo_cases.value() if steps > 0 else 0,
+            "refine": self.refine.isChecked(),
+            "vector_stride": self._stride,
+        }
+        return ApplyJob(
+            scan=scan,
+            scan_name=scan_layer.name,
+            atlas=atlas,
+            model=model,
+            preset=self.preset.currentText(),
+            fine_tune_steps=steps,
+            pseudo_cases=self.pseudo_cases.value(),
+            refine=self.refine.isChecked(),
+            truth=truth,
+            device=self.device.currentText(),
+            seed=self.seed.value(),
+        )
+
+    def run(self) -> None:
+        """Start registering the chosen scan in a worker."""
+        if self.worker is not None:
+            return
+        try:
+            job = self.job()
+        except ValueError as exc:
+            show_error(f"GIRNet apply: {one_line(exc)}")
+            return
+        self._job = job
+        self._cancel = threading.Event()
+        steps = job.fine_tune_steps
+        self.progress_bar.setRange(0, steps if steps > 0 else 0)  # busy indicator without steps
+        self.progress_bar.setValue(0)
+        self.status.setText(
+            f"{job.scan_name}: affine alignment"
+            + (f", fine-tuning {steps} steps" if steps else "")
+            + " and prediction…"
+        )
+        self._set_running(True)
+        self.worker = create_worker(
+            apply_steps,
+            job,
+            self._cancel,
+            _progress={"total": steps, "desc": "GIRNet apply"} if steps > 0 else True,
+            _connect={
+                "yielded": self._on_yielded,
+                "returned": self._on_returned,
+                "errored": self._on_errored,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+            _start_thread=True,
+        )
+        self.destroyed.connect(self._cancel.set)  # closing the dock cancels the run
+        self.run_started.emit()
+
+    def cancel(self) -> None:
+        """Cancel at the next fine-tuning step (or discard the result when it arrives)."""
+        if self._cancel is None:
+            return
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+        self.status.setText("cancelling…")
+
+    # ------------------------------------------------------------------ worker signals
+    def _on_yielded(self, report: TrainingReport) -> None:
+        total = max(report.total_steps, 1)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(report.step, total))
+        self.status.setText(
+            f"fine-tuning step {report.step}/{report.total_steps} · {report.phase} loss "
+            f"{report.loss:.4g}"
+        )
+        self.progress_received.emit(report)
+
+    def _on_returned(self, outcome: ApplyOutcome) -> None:
+        result = outcome.result
+        if outcome.cancelled or result is None or self._job is None:
+            self.status.setText("cancelled")
+            show_info("GIRNet apply cancelled")
+            self.run_finished.emit(outcome)
+            return
+        self.last_result = result
+        try:
+            data = layers.result_to_layers(
+                result, self._job.scan_name, stride=self._stride, provenance=self._provenance
+            )
+            self.added_layers = add_or_update_layers(self.viewer, data)
+        except Exception as exc:  # keep the viewer usable; the result stays in last_result
+            log.error("could not show the GIRNet result", exc_info=exc)
+            reason = f"GIRNet: could not show the result: {one_line(exc)}"
+            show_error(reason)
+            self.status.setText(reason)
+            self.run_failed.emit(reason)
+            return
+        msg = self.summary(result, outcome.seconds)
+        self.status.setText(msg)
+        show_info(f"GIRNet: {msg}")
+        self.run_finished.emit(outcome)
+
+    def summary(self, result: api.RegistrationResult, seconds: float) -> str:
+        """One-line summary: lesion volume, Dice/HD95 when a truth was given, time."""
+        vol = metrics.volume_mm3(np.asarray(result.lesion_mask.array) > 0, result.scan.spacing)
+        msg = f"{self._job.scan_name if self._job else 'scan'}: lesion {vol:.0f} mm³"
+        msg += f" ({vol / 1000:.2f} mL)"
+        m = result.metrics or {}
+        if "dice" in m:
+            msg += f"; Dice {m['dice']:.3f}, HD95 {format_mm(float(m['hd95_mm']))} mm"
+        return msg + f"; {seconds:.0f} s"
+
+    def _on_errored(self, exc: BaseException) -> None:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error("GIRNet apply failed", exc_info=exc)
+        show_error(reason)
+        self.status.setText(f"failed: {reason}")
+        self.run_failed.emit(reason)
+
+    def _on_aborted(self) -> None:
+        # worker.quit() (the activity dock's cancel) abandons the generator: stop the helper
+        if self._cancel is not None:
+            self._cancel.set()
+        self.status.setText("cancelled")
+        self.run_finished.emit(ApplyOutcome(None, True, 0.0))
+
+    def _on_finished(self) -> None:
+        if self._cancel is not None:
+            with contextlib.suppress(TypeError, RuntimeError):  # already disconnected
+                self.destroyed.disconnect(self._cancel.set)
+        self.worker = None
+        self._cancel = None
+        self._set_running(False)
+        if self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1)

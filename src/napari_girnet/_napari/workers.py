@@ -1,0 +1,705 @@
+"""Background jobs of the GIRNet widgets and the small plumbing the three widgets share.
+
+Threading model (see ``shared/reference/napari-ecosystem.md`` §2)
+-----------------------------------------------------------------
+- A widget reads its controls and layers **on the GUI thread** into a frozen job dataclass
+  (:class:`TrainJob`, :class:`ApplyJob`) holding plain values and
+  :class:`~napari_girnet.data.volume.Volume` objects, never layers or widgets.
+- The job runs in a generator (:func:`train_steps`, :func:`apply_steps`) that the widget hands
+  to :func:`napari.qt.threading.create_worker`. Each ``yield`` becomes a ``yielded`` signal
+  handled on the GUI thread (and advances the activity-dock progress bar); the generator's
+  ``return`` value arrives with ``returned``. Only those handlers touch layers and widgets.
+- Stopping is cooperative and never relies on ``worker.quit()`` (superqt's quit abandons the
+  generator without running its cleanup): training stops through
+  :meth:`FitSession.request_stop <napari_girnet.api.FitSession.request_stop>` via
+  :class:`TrainControl`, so the engine writes ``last.pt`` and yields a final ``"stopped"``
+  report; applying stops through a :class:`threading.Event` checked in the progress callback,
+  which raises :class:`RegistrationCancelled`. (The activity dock's cancel button still calls
+  ``worker.quit()``; the widgets handle its ``aborted`` signal, and training keeps the last
+  periodic ``last.pt``. Closing a widget stops its run the cooperative way.)
+- Failures are re-raised as :class:`TaskError` with a one-line reason (the original exception
+  chained). The widget's ``errored`` handler shows that line with ``show_error`` and resets its
+  state. (napari 0.9.2's ``_NotifyingMixin`` is listed after the Qt base classes in the
+  workers' MRO, so its ``__init__`` never runs and worker errors are *not* relayed to
+  notifications; and superqt swallows a ``RuntimeError`` escaping a generator worker without
+  emitting ``errored`` or ``finished``, hence every exception is wrapped in ``TaskError``.)
+- GPU memory is released at the end of every job (:func:`free_memory`).
+
+"Last trained" model
+--------------------
+:func:`remember_trained` / :func:`last_trained` keep, per viewer, the checkpoint of the last
+training run (a :class:`weakref.WeakKeyDictionary` keyed by the underlying viewer, so closing a
+viewer forgets it). The Train widget writes it, the Apply widget's "last trained" model reads it.
+
+Shared GUI-thread helpers
+-------------------------
+:class:`LayerCombo` / :class:`LayerChecklist` (layer choices kept in sync with the viewer) and
+:func:`add_or_update_layers` (layer data tuples -> layers, live previews updated in place).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QWidget
+
+from .. import api
+from ..core.colearn import TrainingReport
+from ..data.volume import Volume
+
+__all__ = [
+    "ApplyJob",
+    "ApplyOutcome",
+    "LayerChecklist",
+    "LayerCombo",
+    "RegistrationCancelled",
+    "TaskError",
+    "TrainControl",
+    "TrainJob",
+    "TrainOutcome",
+    "TrainStep",
+    "add_or_update_layers",
+    "apply_steps",
+    "available_devices",
+    "default_preset",
+    "format_mm",
+    "free_memory",
+    "landmark_tre",
+    "last_trained",
+    "mask_metrics",
+    "one_line",
+    "remember_trained",
+    "train_steps",
+]
+
+log = logging.getLogger(__name__)
+
+LayerDataTuple = tuple  # (data, kwargs, layer_type), as napari's readers return
+
+
+# ----------------------------------------------------------------------------- errors, devices
+class TaskError(Exception):
+    """A background job failed; the message is one line for the notification.
+
+    Deliberately not a ``RuntimeError``: superqt takes a ``RuntimeError`` returned by a worker
+    for a deleted Qt object and only warns, without emitting ``errored``.
+    """
+
+
+class RegistrationCancelled(Exception):
+    """Raised inside :func:`napari_girnet.api.register`'s progress callback to abort it."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``"TypeName: first line of the message"``, cut to ``limit`` characters."""
+    text = str(exc).strip().splitlines()
+    msg = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def available_devices() -> list[str]:
+    """Device choices for the widgets: ``"auto"``, ``"cpu"``, then the accelerators present."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def default_preset() -> str:
+    """``"gpu-1mm"`` when CUDA is available, ``"cpu-2mm"`` otherwise."""
+    return "gpu-1mm" if _cuda_available() else "cpu-2mm"
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached CUDA memory to the driver (after a job)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - never let cleanup fail a job
+        log.debug("could not empty the CUDA cache", exc_info=True)
+
+
+# ----------------------------------------------------------------------------- "last trained"
+_TRAINED: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+
+
+def _unwrap(viewer: Any) -> Any:
+    """The viewer behind napari's ``PublicOnlyProxy`` (plugins receive proxies)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def remember_trained(viewer: Any, checkpoint: str | Path) -> None:
+    """Record ``checkpoint`` as the model last trained in ``viewer``."""
+    _TRAINED[_unwrap(viewer)] = Path(checkpoint)
+
+
+def last_trained(viewer: Any) -> Path | None:
+    """The checkpoint of the last training run in ``viewer`` (None if none yet)."""
+    return _TRAINED.get(_unwrap(viewer))
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a training run needs, gathered on the GUI thread.
+
+    Attributes
+    ----------
+    scans : tuple of Volume
+        Training scans (canonical RAS volumes from the scan layers).
+    scan_names : tuple of str
+        Their layer names (preview layers are named after the first).
+    atlas : Volume or str
+        ``"mni152"`` or a custom template volume.
+    preset : str
+        Config preset name.
+    steps : int
+        Co-learning steps (the schedule length; resuming continues up to it).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    seed : int
+    checkpoint_dir : Path
+        ``last.pt`` goes there; an existing one is resumed.
+    pseudo_cases : int
+    init : Path or None
+        Initial weights (bundled model) for a fresh run.
+    preview_every : int
+        Preview period in steps (0 = none).
+    """
+
+    scans: tuple[Volume, ...]
+    scan_names: tuple[str, ...]
+    atlas: Volume | str
+    preset: str
+    steps: int
+    device: str
+    seed: int
+    checkpoint_dir: Path
+    pseudo_cases: int = 8
+    init: Path | None = None
+    preview_every: int = 25
+
+    def total_steps(self) -> int:
+        """Steps the progress bar counts: InpNet pretraining (if any) plus co-learning."""
+        cfg = api.resolve_config(self.preset)
+        return cfg.schedule.pretrain_inp_steps + self.steps
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One yielded training step: the report (without its raw preview) and preview volumes.
+
+    ``preview`` maps the keys of :meth:`FitSession.preview_volumes
+    <napari_girnet.api.FitSession.preview_volumes>` to volumes / fields on the first scan's
+    native grid, or is None on steps without a preview. ``native`` is that scan's grid.
+    """
+
+    report: TrainingReport
+    preview: dict[str, Any] | None = None
+    native: Volume | None = None
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training run returns (the worker's ``returned`` value).
+
+    ``report`` is the final ``"stopped"``/``"finished"`` report (None when stopped before the
+    first step), ``checkpoint`` the ``last.pt`` to use, ``steps_run`` the steps of this run.
+    """
+
+    report: TrainingReport | None
+    checkpoint: Path | None
+    steps_run: int
+
+
+class TrainControl:
+    """Thread-safe stop switch shared by the Train widget and its worker.
+
+    The session only exists inside the worker (``api.fit`` prepares the scans there), so the
+    widget asks this object to stop: before the session exists the request is remembered and
+    the worker returns right after preparation; afterwards it is forwarded to
+    ``session.request_stop()``, which makes the engine save ``last.pt`` and yield a final
+    ``"stopped"`` report at the next step boundary.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: api.FitSession | None = None
+        self._stop = False
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    def request_stop(self) -> None:
+        """Ask the run to stop at the next step (any thread)."""
+        with self._lock:
+            self._stop = True
+            if self._session is not None:
+                self._session.request_stop()
+
+    def attach(self, session: api.FitSession) -> bool:
+        """Register the session; False if a stop was requested already."""
+        with self._lock:
+            self._session = session
+            return not self._stop
+
+    def detach(self) -> None:
+        with self._lock:
+            self._session = None
+
+
+def train_steps(job: TrainJob, control: TrainControl) -> Generator[TrainStep, None, TrainOutcome]:
+    """Worker generator: prepare, then co-learn, yielding one :class:`TrainStep` per step.
+
+    Runs in the worker thread. ``api.fit`` (brain masks, affine alignment, pseudo cases: seconds)
+    is called here, not on the GUI thread. Previews are mapped to the first scan's native grid
+    here too. The final report is returned, not yielded, so the progress bar counts steps only.
+
+    Raises
+    ------
+    TaskError
+        With a one-line reason, chaining the original exception.
+    """
+    session = None
+    try:
+        cfg = api.resolve_config(job.preset, runtime={"preview_every": int(job.preview_every)})
+        session = api.fit(
+            list(job.scans),
+            atlas=job.atlas,
+            config=cfg,
+            checkpoint_dir=job.checkpoint_dir,
+            init=job.init,
+            pseudo_cases=int(job.pseudo_cases),
+            steps=int(job.steps),
+            seed=int(job.seed),
+            device=job.device,
+            preview=job.preview_every > 0,
+        )
+        if not control.attach(session):
+            log.info("training stopped before the first step")
+            return TrainOutcome(None, None, 0)
+        native = session.prepared[0].native if session.prepared else None
+        final: TrainingReport | None = None
+        steps_run = 0
+        for report in session:
+            if report.is_final:
+                final = report
+                break
+            steps_run += 1
+            if control.stop_requested:  # a stop that raced with the start of the loop
+                session.request_stop()
+            volumes = None
+            if report.preview is not None and native is not None:
+                volumes = session.preview_volumes(report.preview)
+            yield TrainStep(replace(report, preview=None), volumes, native)
+        checkpoint = final.checkpoint if final is not None else None
+        last = Path(job.checkpoint_dir) / "last.pt"
+        if checkpoint is None and last.is_file():
+            checkpoint = last  # resumed a run that had already reached its step count
+        return TrainOutcome(final, checkpoint, steps_run)
+    except Exception as exc:
+        raise TaskError(f"GIRNet training failed: {one_line(exc)}") from exc
+    finally:
+        control.detach()
+        del session
+        free_memory()
+
+
+# ----------------------------------------------------------------------------- applying
+@dataclass(frozen=True)
+class ApplyJob:
+    """Everything :func:`napari_girnet.api.register` needs, gathered on the GUI thread.
+
+    ``model`` is a checkpoint path, or None for the bundled model of ``preset`` (then
+    ``config=preset``; with a checkpoint the checkpoint's own config is used).
+    """
+
+    scan: Volume
+    scan_name: str
+    atlas: Volume | str
+    model: Path | None
+    preset: str
+    fine_tune_steps: int
+    pseudo_cases: int
+    refine: bool
+    truth: Volume | None
+    device: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """The worker's ``returned`` value: the result, or None when cancelled."""
+
+    result: api.RegistrationResult | None
+    cancelled: bool
+    seconds: float
+
+
+_DONE = object()
+
+
+def apply_steps(
+    job: ApplyJob, cancel: threading.Event
+) -> Generator[TrainingReport, None, ApplyOutcome]:
+    """Worker generator: run ``api.register`` and yield its fine-tuning reports.
+
+    ``api.register`` is one blocking call that reports progress through a callback, and a
+    generator cannot yield from inside a callback. So the generator starts ``register`` in a
+    helper thread whose progress callback puts reports on a :class:`queue.Queue`; the generator
+    (in the napari worker thread) drains the queue and yields them, then returns the result
+    (the careamics-napari pattern). Cancelling sets ``cancel``; the callback then raises
+    :class:`RegistrationCancelled` inside ``register`` at the next fine-tuning step. Without
+    fine-tuning there is no step to stop at, so a result that arrives after a cancel is
+    discarded.
+
+    Raises
+    ------
+    TaskError
+        With a one-line reason, chaining the original exception.
+    """
+    t0 = time.perf_counter()
+    reports: queue.Queue[Any] = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def progress(report: TrainingReport) -> None:
+        if cancel.is_set():
+            raise RegistrationCancelled("cancelled by the user")
+        if not report.is_final:
+            reports.put(report)
+
+    def target() -> None:
+        try:
+            box["result"] = api.register(
+                job.scan,
+                atlas=job.atlas,
+                model=job.model,
+                config=job.preset if job.model is None else None,
+                fine_tune_steps=int(job.fine_tune_steps),
+                pseudo_cases=int(job.pseudo_cases),
+                seed=int(job.seed),
+                device=job.device,
+                truth=job.truth,
+                refine=bool(job.refine),
+                progress=progress,
+            )
+        except BaseException as exc:  # handed over to the worker thread below
+            box["error"] = exc
+        finally:
+            reports.put(_DONE)
+
+    helper = threading.Thread(target=target, name="girnet-register", daemon=True)
+    helper.start()
+    try:
+        while (item := reports.get()) is not _DONE:
+            yield item
+        helper.join()
+        error = box.get("error")
+        if isinstance(error, RegistrationCancelled) or (error is None and cancel.is_set()):
+            return ApplyOutcome(None, True, time.perf_counter() - t0)
+        if error is not None:
+            raise TaskError(f"GIRNet registration failed: {one_line(error)}") from error
+        return ApplyOutcome(box["result"], False, time.perf_counter() - t0)
+    finally:
+        cancel.set()  # if the generator is abandoned, make the helper stop at its next step
+        box.clear()
+        free_memory()
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _pair(
+    ids_a: Sequence[str] | None,
+    pts_a: np.ndarray,
+    ids_b: Sequence[str] | None,
+    pts_b: np.ndarray,
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Pair two point sets by id (both have ids) or by order (otherwise)."""
+    from ..data.landmarks import Landmarks, pair_landmarks
+
+    pts_a = np.asarray(pts_a, dtype=np.float64).reshape(-1, 3)
+    pts_b = np.asarray(pts_b, dtype=np.float64).reshape(-1, 3)
+    if ids_a is not None and ids_b is not None and len(ids_a) and len(ids_b):
+        return pair_landmarks(Landmarks(tuple(ids_a), pts_a), Landmarks(tuple(ids_b), pts_b))
+    if len(pts_a) != len(pts_b):
+        raise ValueError(
+            f"cannot pair {len(pts_a)} moving with {len(pts_b)} fixed points by order; "
+            "give both layers an 'id' feature or the same number of points"
+        )
+    if len(pts_a) == 0:
+        raise ValueError("no landmarks to evaluate")
+    return tuple(str(i + 1) for i in range(len(pts_a))), pts_a, pts_b
+
+
+def landmark_tre(
+    moving_ids: Sequence[str] | None,
+    moving_mm: np.ndarray,
+    fixed_ids: Sequence[str] | None,
+    fixed_mm: np.ndarray,
+    field: str | Path | None = None,
+) -> dict[str, Any]:
+    """Target registration error of paired landmarks, optionally through a displacement field.
+
+    Parameters
+    ----------
+    moving_ids, fixed_ids : sequence of str or None
+        Landmark ids; when both are given the points are paired by id, otherwise by order.
+    moving_mm, fixed_mm : numpy.ndarray
+        ``(N, 3)`` world RAS mm.
+    field : path, optional
+        Displacement field NIfTI on the fixed grid mapping fixed points to moving points
+        (ITK or girnet voxel convention, read by
+        :func:`~napari_girnet.data.nifti.read_displacement`): a fixed point ``p`` maps to
+        ``p + u(p)``. Without it the fixed points are compared as they are.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``sd``, ``median``, ``max`` (mm), ``n`` and ``per_landmark`` ``{id: mm}``
+        (ids in pairing order), as ``api.evaluate``'s ``tre_mm``.
+
+    Raises
+    ------
+    ValueError
+        Unpairable points (:class:`~napari_girnet.data.landmarks.LandmarkError` for id
+        mismatches) or a bad field file (``NiftiError``).
+    """
+    from ..data.nifti import read_displacement
+    from ..evaluation import metrics
+
+    ids, moving, fixed = _pair(moving_ids, moving_mm, fixed_ids, fixed_mm)
+    mapped = fixed.copy()
+    if field is not None:
+        disp_vox, grid = read_displacement(field)
+        q = grid.world_to_voxel(fixed)
+        mapped = grid.voxel_to_world(q + metrics.sample_displacement(disp_vox, q))
+    dist = metrics.tre(mapped, moving)
+    summary: dict[str, Any] = dict(metrics.tre_summary(dist))
+    summary["per_landmark"] = {i: float(d) for i, d in zip(ids, dist, strict=True)}
+    return summary
+
+
+def mask_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], names: tuple[str, str]
+) -> dict[str, Any]:
+    """Dice, HD95 (mm) and volumes (mm³) of two masks on the same grid (nonzero = lesion).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ (the message names both layers).
+    """
+    from ..evaluation import metrics
+
+    p = np.asarray(pred) != 0
+    t = np.asarray(truth) != 0
+    if p.shape != t.shape:
+        raise ValueError(f"{names[0]} {p.shape} and {names[1]} {t.shape} are not on the same grid")
+    sp = [float(s) for s in spacing][-p.ndim :]
+    return {
+        "dice": metrics.dice(p, t),
+        "hd95_mm": metrics.hd95(p, t, sp),
+        "predicted_volume_mm3": metrics.volume_mm3(p, sp),
+        "truth_volume_mm3": metrics.volume_mm3(t, sp),
+    }
+
+
+def format_mm(value: float) -> str:
+    """``"4.20"``, ``"inf"`` or ``"nan"``."""
+    return f"{value:.2f}" if math.isfinite(value) else str(value)
+
+
+# ----------------------------------------------------------------------------- GUI-thread helpers
+def add_or_update_layers(
+    viewer: Any, layer_data: Iterable[LayerDataTuple], update: bool = False
+) -> list[Any]:
+    """Add layers from ``(data, kwargs, type)`` tuples.
+
+    GUI thread only. With ``update``, an existing layer of the same name and type gets the new
+    ``data`` (and ``metadata``/``features`` when given) instead, so its display settings
+    survive (live previews). Without it, napari makes the names unique (``"name [1]"``).
+
+    Returns
+    -------
+    list
+        The added or updated layers, in order.
+    """
+    from napari.layers import Layer
+
+    out = []
+    for item in layer_data:
+        data, kwargs, layer_type = (*item, None, None)[:3]
+        kwargs = dict(kwargs or {})
+        layer_type = layer_type or "image"
+        name = kwargs.get("name")
+        existing = viewer.layers[name] if update and name and name in viewer.layers else None
+        # __class__, not type(): plugin widgets see layers through napari's PublicOnlyProxy
+        if existing is not None and existing.__class__.__name__.lower() == layer_type.lower():
+            existing.data = data
+            if "metadata" in kwargs:
+                existing.metadata = kwargs["metadata"]
+            if "features" in kwargs:
+                existing.features = kwargs["features"]
+            out.append(existing)
+            continue
+        out.append(viewer.add_layer(Layer.create(data, kwargs, layer_type)))
+    return out
+
+
+class _LayerSync:
+    """Mixin: call ``self.refresh()`` when layers are added, removed, moved or renamed.
+
+    Connects bound methods only: napari's event emitters hold them weakly and drop them when
+    the Qt object is deleted, so a closed widget is neither kept alive nor called.
+    """
+
+    def _sync_with(self, viewer: Any) -> None:
+        events = viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        for name in ("removed", "moved", "reordered"):
+            emitter = getattr(events, name, None)
+            if emitter is not None:
+                emitter.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+
+    def _on_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class LayerCombo(_LayerSync, QComboBox):
+    """Layer names of one type, kept in sync with the viewer's layer list.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    layer_type : type or tuple of types
+        E.g. ``napari.layers.Image``.
+    extra : sequence of str
+        Fixed entries listed first (e.g. ``"MNI152 (bundled)"``, ``"(none)"``).
+    """
+
+    def __init__(
+        self,
+        viewer: Any,
+        layer_type: type | tuple[type, ...],
+        extra: Sequence[str] = (),
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._type = layer_type
+        self._extra = tuple(extra)
+        self._sync_with(viewer)
+        self.refresh()
+
+    def layer_names(self) -> list[str]:
+        return [ly.name for ly in self._viewer.layers if isinstance(ly, self._type)]
+
+    def refresh(self, *_: Any) -> None:
+        """Rebuild the entries, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = [*self._extra, *self.layer_names()]
+        if names == [self.itemText(i) for i in range(self.count())]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self) -> Any | None:
+        """The chosen layer, or None when a fixed entry (or nothing) is chosen."""
+        name = self.currentText()
+        if not name or name in self._extra or name not in self._viewer.layers:
+            return None
+        return self._viewer.layers[name]
+
+
+class LayerChecklist(_LayerSync, QListWidget):
+    """Checkable list of layer names of one type, kept in sync with the viewer.
+
+    When nothing is ticked, the first layer that appears is ticked, so a single scan is used
+    without any click.
+    """
+
+    checked_changed = Signal()
+
+    def __init__(self, viewer: Any, layer_type: type, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._type = layer_type
+        self.itemChanged.connect(self._item_changed)
+        self._sync_with(viewer)
+        self.refresh()
+
+    def _item_changed(self, *_: Any) -> None:
+        self.checked_changed.emit()
+
+    def refresh(self, *_: Any) -> None:
+        checked = set(self.checked_names())
+        names = [ly.name for ly in self._viewer.layers if isinstance(ly, self._type)]
+        if names == [self.item(i).text() for i in range(self.count())]:
+            return
+        if not checked & set(names) and names:
+            checked = {names[0]}
+        self.blockSignals(True)
+        self.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            on = name in checked
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            self.addItem(item)
+        self.blockSignals(False)
+        self.checked_changed.emit()
+
+    def checked_names(self) -> list[str]:
+        return [
+            self.item(i).text()
+            for i in range(self.count())
+            if self.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def set_checked(self, names: Iterable[str]) -> None:
+        wanted = set(names)
+        for i in range(self.count()):
+            item = self.item(i)
+            on = item.text() in wanted
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+
+    def checked_layers(self) -> list[Any]:
+        return [self._viewer.layers[n] for n in self.checked_names() if n in self._viewer.layers]
