@@ -122,10 +122,20 @@ def test_load_atlas_cached_and_readonly() -> None:
 
 
 def test_unknown_preset_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match="1mm") as info:
-        load_atlas("3mm")
-    for name in ATLAS_PRESETS:
-        assert name in str(info.value)
+    for bad in ("3 mm", "fine", "-2mm", "0mm"):
+        with pytest.raises(ValueError, match="1mm") as info:
+            load_atlas(bad)
+        for name in ATLAS_PRESETS:
+            assert name in str(info.value)
+
+
+def test_any_resolution_preset_gives_the_same_world_box() -> None:
+    coarse = load_atlas("6mm")
+    assert coarse.shape == (32, 32, 32)
+    fine = load_atlas("2mm")
+    centre = lambda a: a.affine[:3, :3] @ ((np.asarray(a.shape) - 1) / 2) + a.affine[:3, 3]  # noqa: E731
+    np.testing.assert_allclose(centre(coarse), centre(fine), atol=1e-6)
+    assert coarse.mask.array.any() and coarse.image.array.max() <= 1.0
 
 
 def test_working_grid_generic() -> None:
