@@ -399,7 +399,8 @@ class RegistrationResult:
     ``scan_to_atlas``. Fields (RAS mm, ``(3, X, Y, Z)``): ``field_atlas_to_scan`` on the native
     scan grid (native point ``x`` corresponds to atlas point ``x + d(x)``) and
     ``field_scan_to_atlas`` on the atlas working grid (atlas point ``y`` corresponds to scan
-    point ``y + d(y)``).
+    point ``y + d(y)``), and ``field_nonlinear`` on the native grid: GIRNet's non-linear
+    displacement alone, in the scan's world (what the deformation vectors show).
     """
 
     scan: Volume
@@ -414,6 +415,7 @@ class RegistrationResult:
     scan_to_atlas: Volume
     field_atlas_to_scan: np.ndarray
     field_scan_to_atlas: np.ndarray
+    field_nonlinear: np.ndarray
     config: GIRNetConfig
     checkpoint: Path | None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -538,8 +540,8 @@ def register(
         Default: the pretrained model bundled for the preset (random weights if none).
     config : preset name or GIRNetConfig (default ``"cpu-2mm"``, or the model's config).
     fine_tune_steps : int, optional
-        Co-learning steps on this scan before prediction (default: ``config.schedule.steps``;
-        0 = apply the model as is).
+        Co-learning steps on this scan before prediction (default:
+        ``config.schedule.fine_tune_steps``; 0 = apply the model as is).
     pseudo_cases : int, optional
         Pseudo-pathological cases mixed into fine-tuning (default 8 when fine-tuning).
     truth : path/Volume, optional
@@ -564,7 +566,7 @@ def register(
     if device is not None:
         over["device"] = device
     cfg = cfg.override(runtime=over)
-    steps = cfg.schedule.steps if fine_tune_steps is None else int(fine_tune_steps)
+    steps = cfg.schedule.fine_tune_steps if fine_tune_steps is None else int(fine_tune_steps)
     cfg = cfg.override(schedule={"steps": steps, "pretrain_inp_steps": 0})
 
     t0 = time.perf_counter()
@@ -676,6 +678,7 @@ def _map_back(
         ),
         "scan_to_atlas": on_grid(pred.scan_to_atlas, "scan_to_atlas"),
         "field_atlas_to_scan": atlas_to_scan_field(phi_ts, grid, scan, matrix),
+        "field_nonlinear": atlas_to_scan_field(phi_ts, grid, scan, matrix, include_affine=False),
         "field_scan_to_atlas": scan_to_atlas_field(phi_st, grid, matrix),
     }
 

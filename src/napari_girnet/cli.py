@@ -78,7 +78,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if scan is None:
         raise ValueError("give a SCAN (NIfTI path) or --sample NAME")
     cfg = api.resolve_config(args.preset)
-    steps = args.steps if args.steps is not None else cfg.schedule.steps
+    steps = args.steps if args.steps is not None else cfg.schedule.fine_tune_steps
     bar = _LazyProgress(steps, "GIRNet fine-tuning")
     t0 = time.perf_counter()
     result = api.register(
@@ -239,7 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
             help=PRESET_HELP,
         )
         p.add_argument(
-            "--steps", type=int, default=None, help="co-learning steps (default: the preset's)"
+            "--steps",
+            type=int,
+            default=None,
+            help="co-learning steps (register: fine-tuning steps on the scan, 0 = apply the "
+            "model as is; default: the preset's)",
+        )
+        p.add_argument(
+            "--threads", type=int, default=None, help="CPU threads for torch (default: all cores)"
         )
         p.add_argument(
             "--device",
@@ -384,6 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.INFO if args.verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     if getattr(args, "pseudo_cases", None) is None and args.command == "train":
         args.pseudo_cases = 0
     try:

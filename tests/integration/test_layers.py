@@ -261,8 +261,9 @@ def _fake_result(tiny_anatomy, reorient_array, tmp_path: Path):
         atlas_to_scan=on_scan(np.full(shape, 0.4, np.float32), "atlas_to_scan"),
         jacobian=on_scan(jac, "jacobian"),
         scan_to_atlas=atlas_img.with_array(np.full((6, 7, 5), 0.3, np.float32)),
-        field_atlas_to_scan=field,
+        field_atlas_to_scan=field + 25.0,  # the affine part, not shown as vectors
         field_scan_to_atlas=np.zeros((3, 6, 7, 5), dtype=np.float32),
+        field_nonlinear=field,
         config=preset("cpu-2mm"),
         checkpoint=checkpoint,
         provenance={"model": "in-memory model", "model_sha256": None, "device": "cpu"},

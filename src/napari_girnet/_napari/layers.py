@@ -750,7 +750,8 @@ def result_to_layers(
         ``"<scan> lesion mask"`` (Labels), ``"<scan> inpainted"`` (Image, gray),
         ``"<scan> atlas→scan"`` (Image, gray), ``"<scan> scan→atlas"`` (Image on the **atlas**
         grid, hidden: it lives in atlas space and does not overlay the scan),
-        ``"<scan> deformation"`` (Vectors of ``field_atlas_to_scan`` inside the brain mask,
+        ``"<scan> deformation"`` (Vectors of ``field_nonlinear``, GIRNet's non-linear
+        displacement without the affine part, inside the brain mask,
         hidden) and ``"<scan> Jacobian"`` (Image, PiYG, contrast ``(1 - r, 1 + r)``, hidden).
         All but scan→atlas share the scan layer's scale and translate. Each layer's
         ``metadata["girnet"]`` has ``"role"`` (the result attribute, ``"deformation"`` for the
@@ -811,7 +812,7 @@ def result_to_layers(
         brain = np.asarray(native_mask.array) != 0
     layers.append(
         field_to_vectors(
-            result.field_atlas_to_scan,
+            result.field_nonlinear,
             scan,
             stride=stride,
             mask=brain,
@@ -821,7 +822,8 @@ def result_to_layers(
                 "girnet": {
                     "role": "deformation",
                     "provenance": prov,
-                    "direction": "atlas→scan: scan point x corresponds to atlas point x + d(x)",
+                    "direction": "non-linear part of atlas→scan (after the affine alignment), "
+                    "in the scan's world mm",
                 }
             },
         )

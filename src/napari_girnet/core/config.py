@@ -164,7 +164,8 @@ class ScheduleConfig:
     1/2/2). Each network has its own AdamW (``lr``, ``weight_decay``) and its own poly decay
     ``lr * (1 - n / N) ** poly_power`` where ``n`` counts that network's steps and ``N`` is its
     share of ``steps`` (the reference decays per epoch; with few scans per-step decay is the same
-    curve at finer granularity).
+    curve at finer granularity). ``fine_tune_steps`` is the default number of co-learning steps
+    that :func:`napari_girnet.api.register` spends adapting a trained model to a new scan.
     """
 
     steps: int = 1000
@@ -175,6 +176,7 @@ class ScheduleConfig:
     weight_decay: float = 1e-2
     poly_power: float = 0.9
     batch_size: int = 1
+    fine_tune_steps: int = 60
     pretrain_inp_steps: int = 0
     pretrain_lr: float = 1e-4
 
@@ -185,6 +187,8 @@ class ScheduleConfig:
             raise ConfigError("schedule.k_* must be >= 0 and not all zero")
         if self.lr <= 0 or self.pretrain_lr <= 0:
             raise ConfigError("learning rates must be > 0")
+        if self.fine_tune_steps < 0:
+            raise ConfigError("schedule.fine_tune_steps must be >= 0")
         if self.batch_size < 1:
             raise ConfigError("schedule.batch_size must be >= 1")
 
@@ -393,28 +397,28 @@ PRESETS: dict[str, GIRNetConfig] = {
     "gpu-1mm": GIRNetConfig(
         preset="gpu-1mm",
         data=DataConfig(ndim=3, resolution_mm=1.0, atlas_preset="1mm", shape=(160, 192, 144)),
-        schedule=ScheduleConfig(steps=20000, pretrain_inp_steps=2000),
+        schedule=ScheduleConfig(steps=20000, fine_tune_steps=200, pretrain_inp_steps=2000),
         runtime=RuntimeConfig(device="auto", checkpoint_every=500, preview_every=200),
     ),
     "cpu-2mm": GIRNetConfig(
         preset="cpu-2mm",
         net=_HALF_NET,
         data=DataConfig(ndim=3, resolution_mm=2.0, atlas_preset="2mm", shape=(80, 96, 80)),
-        schedule=ScheduleConfig(steps=300, pretrain_inp_steps=0),
+        schedule=ScheduleConfig(steps=300, fine_tune_steps=60, pretrain_inp_steps=0),
         runtime=RuntimeConfig(device="auto", checkpoint_every=25, preview_every=25),
     ),
     "2d": GIRNetConfig(
         preset="2d",
         net=NetConfig(int_downsize=2),
         data=DataConfig(ndim=2, resolution_mm=1.0, atlas_preset="1mm", shape=(160, 192)),
-        schedule=ScheduleConfig(steps=2000, batch_size=4, pretrain_inp_steps=0),
+        schedule=ScheduleConfig(steps=2000, fine_tune_steps=200, batch_size=4),
         runtime=RuntimeConfig(device="auto", checkpoint_every=100, preview_every=100),
     ),
     "test": GIRNetConfig(
         preset="test",
         net=_TINY_NET,
         data=DataConfig(ndim=3, resolution_mm=6.0, atlas_preset="6mm", shape=(32, 32, 32)),
-        schedule=ScheduleConfig(steps=10),
+        schedule=ScheduleConfig(steps=10, fine_tune_steps=2),
         runtime=RuntimeConfig(device="cpu", precision="fp32", checkpoint_every=5, preview_every=5),
     ),
 }

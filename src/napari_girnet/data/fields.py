@@ -40,7 +40,11 @@ def sample_field(field: np.ndarray, points_vox: np.ndarray, order: int = 1) -> n
 
 
 def atlas_to_scan_field(
-    phi_ts: np.ndarray, working: Volume, native: Volume, matrix: np.ndarray
+    phi_ts: np.ndarray,
+    working: Volume,
+    native: Volume,
+    matrix: np.ndarray,
+    include_affine: bool = True,
 ) -> np.ndarray:
     """Full mapping from the scan's native grid to atlas world, as a displacement in mm.
 
@@ -60,6 +64,11 @@ def atlas_to_scan_field(
     matrix : numpy.ndarray
         4x4 atlas world -> scan world (``AffineAlignment.matrix``).
 
+    include_affine : bool
+        ``True``: the full mapping (what ITK/ANTs need). ``False``: only GIRNet's non-linear
+        part, expressed in the scan's world: ``A y - x`` (the atlas point carried back to the scan
+        by the affine alignment), zero where GIRNet does not deform — for display.
+
     Returns
     -------
     numpy.ndarray
@@ -72,6 +81,8 @@ def atlas_to_scan_field(
     y = np.einsum("ij,j...->i...", working.affine[:3, :3], atlas_vox) + working.affine[
         :3, 3
     ].reshape(3, 1, 1, 1)
+    if not include_affine:
+        y = np.einsum("ij,j...->i...", matrix[:3, :3], y) + matrix[:3, 3].reshape(3, 1, 1, 1)
     return (y - x).astype(np.float32)
 
 
