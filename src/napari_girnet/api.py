@@ -39,7 +39,7 @@ from .core.config import GIRNetConfig, preset
 from .core.model import GIRNet, Prediction
 from .core.runtime import resolve_runtime, seed_everything
 from .data.atlas import Atlas, load_atlas
-from .data.fields import atlas_to_scan_field, scan_to_atlas_field
+from .data.fields import atlas_to_scan_fields, scan_to_atlas_field
 from .data.nifti import read_nifti, write_displacement, write_nifti
 from .data.preprocess import PreparedScan, prepare_scan
 from .data.volume import Volume, VolumeError
@@ -668,6 +668,7 @@ def _map_back(
     phi_ts = pred.phi_ts[0].numpy()
     phi_st = pred.phi_st[0].numpy()
     matrix = np.asarray(prepared.alignment.matrix)
+    full, nonlinear = atlas_to_scan_fields(phi_ts, grid, scan, matrix)
     return {
         "lesion_probability": prob.with_array(prob_arr, name="lesion_probability"),
         "lesion_mask": prob.with_array(mask_arr.astype(np.uint8), name="lesion_mask"),
@@ -677,8 +678,8 @@ def _map_back(
             np.where(jac.array == 0, 1.0, jac.array).astype(np.float32), name="jacobian"
         ),
         "scan_to_atlas": on_grid(pred.scan_to_atlas, "scan_to_atlas"),
-        "field_atlas_to_scan": atlas_to_scan_field(phi_ts, grid, scan, matrix),
-        "field_nonlinear": atlas_to_scan_field(phi_ts, grid, scan, matrix, include_affine=False),
+        "field_atlas_to_scan": full,
+        "field_nonlinear": nonlinear,
         "field_scan_to_atlas": scan_to_atlas_field(phi_st, grid, matrix),
     }
 

@@ -17,7 +17,13 @@ from scipy import ndimage as ndi
 
 from .volume import Volume
 
-__all__ = ["atlas_to_scan_field", "sample_field", "scan_to_atlas_field", "world_points"]
+__all__ = [
+    "atlas_to_scan_field",
+    "atlas_to_scan_fields",
+    "sample_field",
+    "scan_to_atlas_field",
+    "world_points",
+]
 
 
 def world_points(grid: Volume) -> np.ndarray:
@@ -63,7 +69,6 @@ def atlas_to_scan_field(
         The scan's native grid (canonical RAS).
     matrix : numpy.ndarray
         4x4 atlas world -> scan world (``AffineAlignment.matrix``).
-
     include_affine : bool
         ``True``: the full mapping (what ITK/ANTs need). ``False``: only GIRNet's non-linear
         part, expressed in the scan's world: ``A y - x`` (the atlas point carried back to the scan
@@ -74,16 +79,24 @@ def atlas_to_scan_field(
     numpy.ndarray
         ``(3, *native.shape)`` float32, RAS mm.
     """
+    full, nonlinear = atlas_to_scan_fields(phi_ts, working, native, matrix)
+    return full if include_affine else nonlinear
+
+
+def atlas_to_scan_fields(
+    phi_ts: np.ndarray, working: Volume, native: Volume, matrix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both :func:`atlas_to_scan_field` variants (full, non-linear) from one sampling of phi."""
     x = world_points(native)
     inv = np.linalg.inv(working.affine) @ np.linalg.inv(matrix)
     q = np.einsum("ij,j...->i...", inv[:3, :3], x) + inv[:3, 3].reshape(3, 1, 1, 1)
     atlas_vox = q + sample_field(phi_ts, q)
-    y = np.einsum("ij,j...->i...", working.affine[:3, :3], atlas_vox) + working.affine[
-        :3, 3
-    ].reshape(3, 1, 1, 1)
-    if not include_affine:
-        y = np.einsum("ij,j...->i...", matrix[:3, :3], y) + matrix[:3, 3].reshape(3, 1, 1, 1)
-    return (y - x).astype(np.float32)
+    del q
+    w = working.affine
+    y = np.einsum("ij,j...->i...", w[:3, :3], atlas_vox) + w[:3, 3].reshape(3, 1, 1, 1)
+    full = (y - x).astype(np.float32)
+    back = np.einsum("ij,j...->i...", matrix[:3, :3], y) + matrix[:3, 3].reshape(3, 1, 1, 1)
+    return full, (back - x).astype(np.float32)
 
 
 def scan_to_atlas_field(phi_st: np.ndarray, working: Volume, matrix: np.ndarray) -> np.ndarray:
