@@ -51,7 +51,7 @@ def lesion_slice(result) -> int:
 
 def result_screenshot(steps: int) -> object:
     import napari
-    from napari.qt import get_app
+    from napari.qt import get_qapp as get_app
 
     from napari_girnet import api
     from napari_girnet._napari import layers as L
@@ -83,7 +83,7 @@ def result_screenshot(steps: int) -> object:
 
 
 def train_screenshot(viewer, steps: int) -> None:
-    from napari.qt import get_app
+    from napari.qt import get_qapp as get_app
 
     _, widget = viewer.window.add_plugin_dock_widget("napari-girnet", "Train (co-learning)")
     widget.preset.setCurrentText("cpu-2mm")
@@ -99,7 +99,7 @@ def train_screenshot(viewer, steps: int) -> None:
 
 def evaluate_screenshot(viewer, result, truth) -> None:
     import napari
-    from napari.qt import get_app
+    from napari.qt import get_qapp as get_app
 
     from napari_girnet._napari import layers as L
 

@@ -193,5 +193,8 @@ def test_cli_evaluate_and_make_cases_are_deterministic(tmp_path, capsys):
     assert any(f.name == "case.json" for f in files_a)
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    for case_dir in (tmp_path / "a").iterdir():
+        for name in ("scan", "lesion", "healthy", "labels", "field"):
+            assert (case_dir / f"{name}.nii.gz").is_file(), (case_dir, name)
     case = json.loads(next((tmp_path / "a").rglob("case.json")).read_text())
     assert case["seed"] is not None and "convention" in case and case["lesion_volume_mm3"] > 0

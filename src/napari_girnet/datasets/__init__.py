@@ -27,6 +27,7 @@ Licences: Colin27 MNI/McGill permissive notice; AAL research use (cite Tzourio-M
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 import logging
@@ -386,9 +387,12 @@ def case_sources(
 ) -> tuple[list[SourceBrain], list[LesionSource]]:
     """Healthy brains and lesion sources for ``girnet make-cases`` at a resolution.
 
-    2 mm uses the bundled files (Colin27 + the atlas; :func:`lesion_library`). 1 mm builds the
-    same sources from the raw shared data in ``data_dir`` (``colin27/``, ``ms-lesions/``,
-    ``glioma-tcga-du-7294/``) with :mod:`napari_girnet.datasets.build`, on the "1mm" grid.
+    2 mm uses the bundled files (Colin27 + the atlas; :func:`lesion_library`). Both healthy
+    brains carry the AAL parcellation (drawn on Colin27, the MNI single-subject brain; on the
+    MNI152 atlas it is the customary approximate parcellation), so every case has labels.
+    1 mm builds the same sources from the raw shared data in ``data_dir`` (``colin27/``,
+    ``ms-lesions/``, ``glioma-tcga-du-7294/``) with :mod:`napari_girnet.datasets.build`, on the
+    "1mm" grid.
 
     Raises
     ------
@@ -402,8 +406,11 @@ def case_sources(
         raise DatasetError(f"lesions must be one of {sorted(choices)}, got {lesions!r}")
     kinds = choices[lesions]
     if str(resolution) in ("2", "2mm", "2.0"):
-        brains = [colin27_source_brain(), atlas_source_brain("2mm")]
-        return brains, lesion_library(kinds, exclude)
+        colin = colin27_source_brain()
+        # AAL was drawn on Colin27, the MNI single-subject brain; on the MNI152 atlas it is the
+        # usual approximate parcellation (both share the MNI frame)
+        atlas = dataclasses.replace(atlas_source_brain("2mm"), labels=colin.labels)
+        return [colin, atlas], lesion_library(kinds, exclude)
     if str(resolution) not in ("1", "1mm", "1.0"):
         raise DatasetError(f"resolution must be 1 or 2 (mm), got {resolution!r}")
     if data_dir is None:
@@ -414,7 +421,10 @@ def case_sources(
     from napari_girnet.datasets import build
 
     colin, aal = build.build_colin27(data_dir, "1mm")
-    brains = [SourceBrain("colin27", colin, aal), atlas_source_brain("1mm")]
+    brains = [
+        SourceBrain("colin27", colin, aal),
+        dataclasses.replace(atlas_source_brain("1mm"), labels=aal),
+    ]
     sources: list[LesionSource] = []
     if "ms" in kinds:
         masks = build.build_ms_masks(data_dir, "1mm")
