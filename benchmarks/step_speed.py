@@ -39,7 +39,9 @@ WIDTHS = {
 }
 
 
-def run_one(size: str, precision: str, widths: str, device: str, threads: int) -> dict:
+def run_one(
+    size: str, precision: str, widths: str, device: str, threads: int, measure: int = 5
+) -> dict:
     import torch
 
     from napari_girnet.core.colearn import CoLearner
@@ -77,7 +79,7 @@ def run_one(size: str, precision: str, widths: str, device: str, threads: int) -
     learner.train_step()  # warm-up (reg)
     learner.step = 0
     t0 = time.perf_counter()
-    for _ in range(5):
+    for _ in range(measure):
         rep = learner.train_step()
         phases.setdefault(rep.phase, []).append(rep.seconds)
     total = time.perf_counter() - t0
@@ -88,7 +90,8 @@ def run_one(size: str, precision: str, widths: str, device: str, threads: int) -
         "precision": learner.runtime.precision,
         "widths": widths,
         "device": str(learner.runtime.device),
-        "s_per_step": total / 5,
+        "s_per_step": total / measure,
+        "measured_steps": measure,
         "phase_s": {k: sum(v) / len(v) for k, v in phases.items()},
         "peak_rss_gb": peak_kb / 2**20,
         "peak_gpu_gb": peak_gpu,
@@ -103,12 +106,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    parser.add_argument(
+        "--measure",
+        type=int,
+        default=5,
+        help="steps timed after one warm-up step (5 = a full reg/seg/seg/inp/inp "
+        "cycle; fewer for very slow configurations)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._one:
         size, precision, widths = args._one
-        print(json.dumps(run_one(size, precision, widths, args.device, args.threads)))
+        print(json.dumps(run_one(size, precision, widths, args.device, args.threads, args.measure)))
         return
     rows = []
     print(
@@ -129,6 +139,8 @@ def main() -> None:
                     args.device,
                     "--threads",
                     str(args.threads),
+                    "--measure",
+                    str(args.measure),
                 ]
                 try:
                     out = subprocess.run(
