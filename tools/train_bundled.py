@@ -49,12 +49,25 @@ def stage(name: str, cfg, out: Path, init, n_cases: int, seed: int, exclude) -> 
     for rep in session:
         if rep.is_final:
             break
-        log.write(json.dumps({"step": rep.step, "phase": rep.phase, "loss": rep.loss,
-                              "s": rep.seconds, **rep.terms}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "step": rep.step,
+                    "phase": rep.phase,
+                    "loss": rep.loss,
+                    "s": rep.seconds,
+                    **rep.terms,
+                }
+            )
+            + "\n"
+        )
         log.flush()
         if rep.step % 10 == 0:
-            print(f"[{name}] step {rep.step}/{rep.total_steps} {rep.phase} loss {rep.loss:.4f} "
-                  f"({rep.seconds:.1f} s/step, {time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"[{name}] step {rep.step}/{rep.total_steps} {rep.phase} loss {rep.loss:.4f} "
+                f"({rep.seconds:.1f} s/step, {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     log.close()
     return ckpt_dir / "last.pt"
 
@@ -67,34 +80,58 @@ def main() -> None:
     parser.add_argument("--inp", type=int, default=300, help="InpNet box pretraining steps")
     parser.add_argument("--colearn", type=int, default=900, help="co-learning steps")
     parser.add_argument("--cases", type=int, default=48, help="pseudo-pathological cases")
+    parser.add_argument(
+        "--lr-reg",
+        type=float,
+        default=1e-3,
+        help="RegNet-only stage (short CPU schedules need more than GIRNet's 1e-4)",
+    )
+    parser.add_argument("--lr-inp", type=float, default=1e-3, help="InpNet box pretraining")
+    parser.add_argument("--lr-colearn", type=float, default=5e-4, help="co-learning stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exclude", nargs="*", default=list(HELD_OUT))
     parser.add_argument("--weights", default=None, help="where to write the bundled weights")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
-    base = api.resolve_config(args.preset, runtime={"seed": args.seed, "checkpoint_every": 10,
-                                                    "preview_every": 0})
+    base = api.resolve_config(
+        args.preset, runtime={"seed": args.seed, "checkpoint_every": 10, "preview_every": 0}
+    )
     reg_cfg = base.override(
-        schedule={"steps": args.reg, "k_reg": 1, "k_seg": 0, "k_inp": 0},
+        schedule={"steps": args.reg, "k_reg": 1, "k_seg": 0, "k_inp": 0, "lr": args.lr_reg},
         loss={"reg_on_inpainted": False},
     )
     ckpt = stage("reg", reg_cfg, out, None, args.cases, args.seed, args.exclude)
-    inp_cfg = base.override(schedule={"steps": 0, "pretrain_inp_steps": args.inp})
+    inp_cfg = base.override(
+        schedule={"steps": 0, "pretrain_inp_steps": args.inp, "pretrain_lr": args.lr_inp}
+    )
     ckpt = stage("inp", inp_cfg, out, ckpt, args.cases, args.seed + 1, args.exclude)
-    co_cfg = base.override(schedule={"steps": args.colearn})
+    co_cfg = base.override(schedule={"steps": args.colearn, "lr": args.lr_colearn})
     ckpt = stage("colearn", co_cfg, out, ckpt, args.cases, args.seed + 2, args.exclude)
 
     final = load_checkpoint(ckpt)
-    weights = Path(args.weights) if args.weights else (
-        Path(__file__).resolve().parents[1] / "src" / "napari_girnet" / "weights"
-        / f"{args.preset}.pt"
+    weights = (
+        Path(args.weights)
+        if args.weights
+        else (
+            Path(__file__).resolve().parents[1]
+            / "src"
+            / "napari_girnet"
+            / "weights"
+            / f"{args.preset}.pt"
+        )
     )
     provenance = {
         **final.provenance,
-        "recipe": {"reg_steps": args.reg, "inp_pretrain_steps": args.inp,
-                   "colearn_steps": args.colearn, "pseudo_cases": args.cases,
-                   "held_out_lesions": args.exclude, "seed": args.seed},
+        "recipe": {
+            "reg_steps": args.reg,
+            "inp_pretrain_steps": args.inp,
+            "colearn_steps": args.colearn,
+            "pseudo_cases": args.cases,
+            "learning_rates": {"reg": args.lr_reg, "inp": args.lr_inp, "colearn": args.lr_colearn},
+            "held_out_lesions": args.exclude,
+            "seed": args.seed,
+        },
         "trained_with": "tools/train_bundled.py",
     }
     save_checkpoint(

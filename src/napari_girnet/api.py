@@ -516,6 +516,7 @@ def register(
     *,
     config: GIRNetConfig | str | None = None,
     fine_tune_steps: int | None = None,
+    instance_steps: int | None = None,
     pseudo_cases: int | None = None,
     exclude_lesions: Sequence[str] = (),
     seed: int = 0,
@@ -529,7 +530,8 @@ def register(
 
     Pipeline: brain mask -> intensity normalisation -> affine alignment to the atlas ->
     GIRNet (optionally fine-tuned on this scan by co-learning, mixed with pseudo-pathological
-    cases) -> results mapped back to the scan's own grid and to the atlas grid.
+    cases) -> instance optimisation of the registration with GIRNet's loss ->
+    results mapped back to the scan's own grid and to the atlas grid.
 
     Parameters
     ----------
@@ -542,6 +544,9 @@ def register(
     fine_tune_steps : int, optional
         Co-learning steps on this scan before prediction (default:
         ``config.schedule.fine_tune_steps``; 0 = apply the model as is).
+    instance_steps : int, optional
+        Instance-optimisation steps refining the registration of this scan (default:
+        ``config.schedule.instance_steps``; 0 = RegNet's prediction as is; 3D only).
     pseudo_cases : int, optional
         Pseudo-pathological cases mixed into fine-tuning (default 8 when fine-tuning).
     truth : path/Volume, optional
@@ -605,12 +610,20 @@ def register(
         ckpt_path = session.checkpoint
         timings["fine_tune_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
     runtime = resolve_runtime(cfg.runtime)
     net.to(runtime.device)
     scan_t = _tensor(prepared.image)[None].to(runtime.device)
     atlas_t = _tensor(atlas_obj.image)[None].to(runtime.device)
-    pred = net.predict_volume(scan_t, atlas_t, autocast=runtime.autocast).to("cpu")
+    fields = None
+    instance: dict[str, Any] = {}
+    n_io = cfg.schedule.instance_steps if instance_steps is None else int(instance_steps)
+    if n_io > 0 and net.ndim == 3:
+        t0 = time.perf_counter()
+        fields, instance = _instance_optimise(net, scan_t, atlas_t, prepared, cfg, n_io)
+        timings["instance_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = net.predict_volume(scan_t, atlas_t, autocast=runtime.autocast, fields=fields)
+    pred = pred.to("cpu")
     timings["predict_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -628,6 +641,7 @@ def register(
         config=cfg,
         checkpoint=ckpt_path,
         provenance={
+            "instance_optimisation": instance,
             "model": desc,
             "model_sha256": sha,
             "fine_tune_steps": steps,
@@ -639,6 +653,46 @@ def register(
         history=history,
         **result,
     )
+
+
+def _instance_optimise(
+    net: GIRNet,
+    scan_t: torch.Tensor,
+    atlas_t: torch.Tensor,
+    prepared: PreparedScan,
+    cfg: GIRNetConfig,
+    steps: int,
+) -> tuple[Any, dict[str, Any]]:
+    """Refine RegNet's registration of this scan (``core.instance``).
+
+    The similarity target is GIRNet's inpainted scan when SegNet's mask is plausible (non-empty
+    and under 30 % of the brain); otherwise the raw scan, since filling an implausible mask
+    would register the atlas to the inpainter's output instead of to the scan.
+    """
+    from .core.instance import refine_registration
+
+    with torch.no_grad():
+        mask = net.segment(scan_t) > cfg.loss.mask_threshold
+    brain = torch.from_numpy(np.asarray(prepared.mask.array, dtype=bool))[None, None]
+    frac = float(mask.cpu()[brain].float().mean()) if brain.any() else 0.0
+    plausible = 0.0 < frac < 0.3
+    res = refine_registration(
+        net,
+        scan_t,
+        atlas_t,
+        steps=steps,
+        lr=cfg.schedule.instance_lr,
+        target=None if plausible else scan_t,
+    )
+    info = {
+        "steps": steps,
+        "lr": cfg.schedule.instance_lr,
+        "target": "inpainted scan" if plausible else "raw scan (SegNet mask implausible)",
+        "mask_fraction_of_brain": frac,
+        "loss_before": res.loss_before,
+        "loss_after": res.loss_after,
+    }
+    return res.fields, info
 
 
 def _map_back(

@@ -87,6 +87,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         model=args.model,
         config=cfg if args.model is None else None,
         fine_tune_steps=steps,
+        instance_steps=args.instance_steps,
         pseudo_cases=args.pseudo_cases,
         exclude_lesions=args.exclude_lesions or (),
         seed=args.seed,
@@ -306,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="random-walker refinement of the lesion mask (GIRNet's post-processing)",
     )
     p.add_argument("--qc", action="store_true", help="write qc.png, a montage of key slices")
+    p.add_argument(
+        "--instance-steps",
+        type=int,
+        default=None,
+        help="instance-optimisation steps refining the registration of this scan with GIRNet's "
+        "loss (default: the preset's; 0 = RegNet's prediction as is)",
+    )
     common(p)
     p.set_defaults(func=_cmd_register)
 

@@ -208,7 +208,7 @@ def test_colearning_2d_on_real_slabs_lowers_registration_loss(tmp_path):
     cfg = preset(
         "test",
         data={"ndim": 2, "shape": tuple(scan3.shape[:2])},
-        schedule={"steps": 30, "lr": 2e-3, "k_reg": 2},
+        schedule={"steps": 40, "lr": 1e-3, "k_reg": 4},
     )
     seed_everything(0)
     model = GIRNet(cfg)
@@ -230,7 +230,8 @@ def test_colearning_2d_on_real_slabs_lowers_registration_loss(tmp_path):
 
     start = reg_loss()
     reports = list(learner.steps())
-    assert reg_loss() < start - 0.01
+    end = reg_loss()
+    assert end < start - 0.01, f"2D registration loss {start:.4f} -> {end:.4f}"
     assert {r.phase for r in reports[:-1]} == {"reg", "seg", "inp"}
     pred = model.predict(scan_b, atlas_b)
     assert pred.phi_ts.shape == (3, 2, *scan3.shape[:2])

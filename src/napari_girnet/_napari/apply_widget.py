@@ -123,6 +123,16 @@ class ApplyWidget(QWidget):
         self.fine_tune_steps = QSpinBox()
         self.fine_tune_steps.setRange(0, 1_000_000)
         self.fine_tune_steps.setValue(0)
+        self.instance_steps = QSpinBox()
+        self.instance_steps.setRange(0, 100_000)
+        self.instance_steps.setValue(PRESETS[self.preset.currentText()].schedule.instance_steps)
+        self.preset.currentTextChanged.connect(
+            lambda name: (
+                self.instance_steps.setValue(PRESETS[name].schedule.instance_steps)
+                if name in PRESETS
+                else None
+            )
+        )
         self.pseudo_cases = QSpinBox()
         self.pseudo_cases.setRange(0, 1000)
         self.pseudo_cases.setValue(8)
@@ -151,6 +161,7 @@ class ApplyWidget(QWidget):
             (self.checkpoint, "checkpoint"),
             (self.browse, "browse"),
             (self.fine_tune_steps, "fine_tune_steps"),
+            (self.instance_steps, "instance_steps"),
             (self.pseudo_cases, "pseudo_cases"),
             (self.refine, "refine"),
             (self.stride, "stride"),
@@ -177,6 +188,7 @@ class ApplyWidget(QWidget):
         form.addRow("Preset", self.preset)
         form.addRow("Checkpoint", ckpt_row)
         form.addRow("Fine-tune steps", self.fine_tune_steps)
+        form.addRow("Registration refinement", self.instance_steps)
         form.addRow("Pseudo cases", self.pseudo_cases)
         form.addRow("", self.refine)
         form.addRow("Vector stride", self.stride)
@@ -312,6 +324,7 @@ class ApplyWidget(QWidget):
             model=model,
             preset=self.preset.currentText(),
             fine_tune_steps=steps,
+            instance_steps=self.instance_steps.value(),
             pseudo_cases=self.pseudo_cases.value(),
             refine=self.refine.isChecked(),
             truth=truth,

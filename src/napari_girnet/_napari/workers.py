@@ -352,6 +352,7 @@ class ApplyJob:
     truth: Volume | None
     device: str
     seed: int
+    instance_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,7 @@ def apply_steps(
                 model=job.model,
                 config=job.preset if job.model is None else None,
                 fine_tune_steps=int(job.fine_tune_steps),
+                instance_steps=job.instance_steps,
                 pseudo_cases=int(job.pseudo_cases),
                 seed=int(job.seed),
                 device=job.device,

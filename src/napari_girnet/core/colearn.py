@@ -48,9 +48,11 @@ __all__ = ["TAGS", "CoLearner", "PairSampler", "Sampler", "TrainingReport", "sch
 log = logging.getLogger(__name__)
 
 TAGS: tuple[str, ...] = ("reg", "seg", "inp")
-Sampler = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
-"""``sampler(step) -> (scan, atlas)``: ``(B, 1, *S)`` and ``(B or 1, 1, *S)`` CPU tensors in [0, 1]
-for global step ``step``; must be a deterministic function of ``step``."""
+Sampler = Callable[[int], tuple[torch.Tensor, ...]]
+"""``sampler(step) -> (scan, atlas)`` or ``(scan, atlas, guide)``: ``(B, 1, *S)`` and
+``(B or 1, 1, *S)`` CPU tensors in [0, 1] for global step ``step``; must be a deterministic
+function of ``step``. ``guide`` (optional) is the atlas already warped onto each scan by a fixed
+registration; SegNet and InpNet steps then use it instead of RegNet's."""
 
 
 @dataclass(frozen=True)
@@ -340,16 +342,14 @@ class CoLearner:
         tag = self.tag_for(self.step)
         if tag == "pretrain":
             return self._pretrain_step(t0)
-        scan, atlas = self.sampler(self.step)
-        scan = self.runtime.prepare(scan)
-        atlas = self.runtime.prepare(atlas)
+        scan, atlas, guide = self._batch(self.sampler)
         others = [net for t, net in self.model.networks.items() if t != tag]
         net = self.model.networks[tag]
         net.train()
         with frozen(*others):
             loss, terms = {"reg": self._reg_loss, "seg": self._seg_loss, "inp": self._inp_loss}[
                 tag
-            ](scan, atlas)
+            ](scan, atlas, guide)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite {tag} loss at step {self.step + 1} ({loss.item()}); "
@@ -383,13 +383,13 @@ class CoLearner:
 
     def _pretrain_step(self, t0: float) -> TrainingReport:
         sampler = self.pretrain_sampler or self.sampler
-        scan, atlas = (self.runtime.prepare(t) for t in sampler(self.step))
+        scan, atlas, given_guide = self._batch(sampler)
         g = torch.Generator().manual_seed(self.config.runtime.seed * 1_000_003 + self.step)
         hole = self.runtime.prepare(random_box_mask(tuple(scan.shape[2:]), g, scan.shape[0]))
         inp = self.model.inp
         inp.train()
         with frozen(self.model.reg, self.model.seg):
-            guide = self._guide(scan, atlas)  # the atlas warped by the current RegNet
+            guide = self._guide(scan, atlas, given_guide)  # atlas warped by the current RegNet
             loss, terms = pretrain_inpainter_loss(
                 inp, scan, guide, hole, self.runtime, histmatch=self.config.loss.histmatch
             )
@@ -426,8 +426,21 @@ class CoLearner:
             fill = scans * (1.0 - holes) + fill * holes
         return fill[:b], fill[b:]
 
-    def _guide(self, scan: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
-        """Atlas warped onto the scan by the current RegNet (no gradient)."""
+    def _batch(self, sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(scan, atlas, guide or None)`` of the current step, on the device."""
+        batch = sampler(self.step)
+        if len(batch) not in (2, 3):
+            raise ValueError("a sampler returns (scan, atlas) or (scan, atlas, guide)")
+        prepared = [self.runtime.prepare(t) for t in batch]
+        return prepared[0], prepared[1], prepared[2] if len(prepared) == 3 else None
+
+    def _guide(
+        self, scan: torch.Tensor, atlas: torch.Tensor, given: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Atlas warped onto the scan: ``given`` (a fixed registration supplied by the sampler,
+        e.g. an instance-optimised one) or the current RegNet's (no gradient)."""
+        if given is not None:
+            return given
         with torch.no_grad(), self.runtime.autocast():
             phi_ts = self.model.atlas_to_scan_field(scan, atlas)
         atlas_b = atlas.expand(scan.shape[0], *atlas.shape[1:])
@@ -438,7 +451,7 @@ class CoLearner:
             prob = self.model.segment(scan)
         return (prob > self.config.loss.mask_threshold).float()
 
-    def _reg_loss(self, scan: torch.Tensor, atlas: torch.Tensor):
+    def _reg_loss(self, scan: torch.Tensor, atlas: torch.Tensor, _guide: torch.Tensor | None):
         cfg = self.config.loss
         with self.runtime.autocast():
             fields = self.model.register(scan, atlas)
@@ -453,9 +466,9 @@ class CoLearner:
                 target = scan * (1.0 - hole) + fill * hole if cfg.ntuc else fill
         return registration_loss(fields, target, atlas, cfg)
 
-    def _seg_loss(self, scan: torch.Tensor, atlas: torch.Tensor):
+    def _seg_loss(self, scan: torch.Tensor, atlas: torch.Tensor, given: torch.Tensor | None):
         cfg = self.config.loss
-        guide = self._guide(scan, atlas)
+        guide = self._guide(scan, atlas, given)
         with self.runtime.autocast():
             prob = self.model.segment(scan)
         with torch.no_grad():
@@ -463,9 +476,9 @@ class CoLearner:
             fill_fg, fill_bg = self._fills(scan, hole, guide, keep_outside=cfg.ntuc)
         return segmentation_loss(prob, scan, fill_fg, fill_bg, cfg)
 
-    def _inp_loss(self, scan: torch.Tensor, atlas: torch.Tensor):
+    def _inp_loss(self, scan: torch.Tensor, atlas: torch.Tensor, given: torch.Tensor | None):
         cfg = self.config.loss
-        guide = self._guide(scan, atlas)
+        guide = self._guide(scan, atlas, given)
         hole = self._hard_mask(scan)
         target = histogram_match(guide, scan) if cfg.histmatch else guide
         fill_fg, fill_bg = self._fills(scan, hole, guide, keep_outside=False)

@@ -56,12 +56,20 @@ class NetConfig:
         Velocity scale in voxels: Softsign outputs in (-1, 1) are multiplied by it (100).
     int_steps : int
         Scaling-and-squaring steps (7).
+    reg_head_std : float or None
+        Initial std of RegNet's velocity heads: ``None`` = PyTorch default (reference, random
+        initial deformations of several voxels); ``1e-5`` = start at the identity (VoxelMorph),
+        which the short CPU schedules need.
     int_downsize : int
         Integrate velocities on a grid this many times coarser and upsample the displacements
         (VoxelMorph's ``int_downsize``; 1 = full resolution as GIRNet/SymNet; 2 cuts the cost
         of integration 8x in 3D, the CPU presets' choice).
     seg_enc, seg_dec : tuple of int
         SegNet encoder / decoder widths (GIRNet ``mask_net['default']``).
+    seg_init_bias : float
+        Initial bias of SegNet's output (reference 0: probability 0.5 everywhere); the CPU
+        presets use -3 (probability 0.05: start from "no lesion"), which keeps the short
+        co-learning runs from collapsing to an empty or whole-brain mask.
     inp_enc, inp_dec : tuple of int
         InpNet encoder / decoder widths (GIRNet ``inp_net['wide']``).
     """
@@ -70,6 +78,8 @@ class NetConfig:
     range_flow: float = 100.0
     int_steps: int = 7
     int_downsize: int = 1
+    reg_head_std: float | None = None
+    seg_init_bias: float = 0.0
     seg_enc: tuple[int, ...] = (16, 32, 64, 128)
     seg_dec: tuple[int, ...] = (128, 64, 32, 32, 32, 16, 16)
     inp_enc: tuple[int, ...] = (16, 32, 64, 64)
@@ -165,7 +175,9 @@ class ScheduleConfig:
     ``lr * (1 - n / N) ** poly_power`` where ``n`` counts that network's steps and ``N`` is its
     share of ``steps`` (the reference decays per epoch; with few scans per-step decay is the same
     curve at finer granularity). ``fine_tune_steps`` is the default number of co-learning steps
-    that :func:`napari_girnet.api.register` spends adapting a trained model to a new scan.
+    that :func:`napari_girnet.api.register` spends adapting a trained model to a new scan;
+    ``instance_steps`` / ``instance_lr`` the instance optimisation of its registration
+    (:mod:`napari_girnet.core.instance`; 0 = use RegNet's prediction as is).
     """
 
     steps: int = 1000
@@ -177,6 +189,8 @@ class ScheduleConfig:
     poly_power: float = 0.9
     batch_size: int = 1
     fine_tune_steps: int = 60
+    instance_steps: int = 0
+    instance_lr: float = 0.2
     pretrain_inp_steps: int = 0
     pretrain_lr: float = 1e-4
 
@@ -187,6 +201,8 @@ class ScheduleConfig:
             raise ConfigError("schedule.k_* must be >= 0 and not all zero")
         if self.lr <= 0 or self.pretrain_lr <= 0:
             raise ConfigError("learning rates must be > 0")
+        if self.instance_steps < 0 or self.instance_lr <= 0:
+            raise ConfigError("schedule.instance_steps must be >= 0 and instance_lr > 0")
         if self.fine_tune_steps < 0:
             raise ConfigError("schedule.fine_tune_steps must be >= 0")
         if self.batch_size < 1:
@@ -379,6 +395,8 @@ def _section_from_dict(klass: type, data: dict[str, Any], name: str) -> Any:
 _HALF_NET = NetConfig(
     reg_start_channels=4,
     int_downsize=2,
+    reg_head_std=1e-5,
+    seg_init_bias=-3.0,
     seg_enc=(8, 16, 32, 64),
     seg_dec=(64, 32, 16, 16, 16, 8, 8),
     inp_enc=(8, 16, 32, 32),
@@ -387,6 +405,8 @@ _HALF_NET = NetConfig(
 
 _TINY_NET = NetConfig(
     reg_start_channels=4,
+    reg_head_std=1e-5,
+    seg_init_bias=-3.0,
     seg_enc=(8, 16, 16, 16),
     seg_dec=(16, 16, 16, 16, 16, 8, 8),
     inp_enc=(8, 16, 16, 16),
@@ -397,19 +417,21 @@ PRESETS: dict[str, GIRNetConfig] = {
     "gpu-1mm": GIRNetConfig(
         preset="gpu-1mm",
         data=DataConfig(ndim=3, resolution_mm=1.0, atlas_preset="1mm", shape=(160, 192, 144)),
-        schedule=ScheduleConfig(steps=20000, fine_tune_steps=200, pretrain_inp_steps=2000),
+        schedule=ScheduleConfig(
+            steps=20000, fine_tune_steps=200, instance_steps=100, pretrain_inp_steps=2000
+        ),
         runtime=RuntimeConfig(device="auto", checkpoint_every=500, preview_every=200),
     ),
     "cpu-2mm": GIRNetConfig(
         preset="cpu-2mm",
         net=_HALF_NET,
         data=DataConfig(ndim=3, resolution_mm=2.0, atlas_preset="2mm", shape=(80, 96, 80)),
-        schedule=ScheduleConfig(steps=300, fine_tune_steps=60, pretrain_inp_steps=0),
+        schedule=ScheduleConfig(steps=300, fine_tune_steps=30, instance_steps=40),
         runtime=RuntimeConfig(device="auto", checkpoint_every=25, preview_every=25),
     ),
     "2d": GIRNetConfig(
         preset="2d",
-        net=NetConfig(int_downsize=2),
+        net=NetConfig(int_downsize=2, reg_head_std=1e-5, seg_init_bias=-3.0),
         data=DataConfig(ndim=2, resolution_mm=1.0, atlas_preset="1mm", shape=(160, 192)),
         schedule=ScheduleConfig(steps=2000, fine_tune_steps=200, batch_size=4),
         runtime=RuntimeConfig(device="auto", checkpoint_every=100, preview_every=100),
@@ -418,7 +440,7 @@ PRESETS: dict[str, GIRNetConfig] = {
         preset="test",
         net=_TINY_NET,
         data=DataConfig(ndim=3, resolution_mm=6.0, atlas_preset="6mm", shape=(32, 32, 32)),
-        schedule=ScheduleConfig(steps=10, fine_tune_steps=2),
+        schedule=ScheduleConfig(steps=10, fine_tune_steps=2, instance_steps=2),
         runtime=RuntimeConfig(device="cpu", precision="fp32", checkpoint_every=5, preview_every=5),
     ),
 }

@@ -124,9 +124,12 @@ class GIRNet(nn.Module):
         net, ndim = config.net, config.data.ndim
         self.ndim = ndim
         self.reg = RegNet(
-            ndim=ndim, start_channels=net.reg_start_channels, range_flow=net.range_flow
+            ndim=ndim,
+            start_channels=net.reg_start_channels,
+            range_flow=net.range_flow,
+            head_std=net.reg_head_std,
         )
-        self.seg = SegNet(ndim=ndim, enc=net.seg_enc, dec=net.seg_dec)
+        self.seg = SegNet(ndim=ndim, enc=net.seg_enc, dec=net.seg_dec, init_bias=net.seg_init_bias)
         self.inp = InpNet(ndim=ndim, enc=net.inp_enc, dec=net.inp_dec)
 
     @property
@@ -182,7 +185,17 @@ class GIRNet(nn.Module):
             is broadcast.
         """
         v_s, v_t = self._velocities(scan, atlas)
-        with torch.autocast(device_type=scan.device.type, enabled=False):
+        return self.fields_from_velocities(v_s, v_t)
+
+    def fields_from_velocities(self, v_s: torch.Tensor, v_t: torch.Tensor) -> RegistrationFields:
+        """Half and full fields of the symmetric registration from given velocities.
+
+        ``v_s, v_t``: ``(B, ndim, *spatial)`` in voxels (RegNet's output, or velocities refined
+        by :func:`napari_girnet.core.instance.refine_registration`). Integration and composition
+        run in fp32 outside autocast.
+        """
+        with torch.autocast(device_type=v_s.device.type, enabled=False):
+            v_s, v_t = v_s.float(), v_t.float()
             steps = self.config.net.int_steps
             vs, vt = self._down(v_s), self._down(v_t)
             s_half, t_half = integrate(vs, steps), integrate(vt, steps)
@@ -289,6 +302,7 @@ class GIRNet(nn.Module):
         threshold: float | None = None,
         slice_batch: int = 8,
         autocast: Callable[[], AbstractContextManager] | None = None,
+        fields: RegistrationFields | None = None,
     ) -> Prediction:
         """Predict on a 3D volume ``(1, 1, X, Y, Z)`` with 3D or 2D (axial slice) networks.
 
@@ -302,11 +316,15 @@ class GIRNet(nn.Module):
             ``(1, 1, X, Y, Z)`` on the same grid.
         autocast : callable, optional
             Returns the autocast context to run networks in (see ``Runtime.autocast``).
+        fields : RegistrationFields, optional
+            Registration to use instead of RegNet's (3D only), e.g. instance-optimised.
         """
         ctx = autocast or contextlib.nullcontext
         if self.ndim == 3:
             with ctx():
-                return self.predict(scan, atlas, threshold)
+                return self.predict(scan, atlas, threshold, fields=fields)
+        if fields is not None:
+            raise ValueError("given registration fields are supported for 3D networks only")
         if scan.dim() != 5 or scan.shape[0] != 1:
             raise ValueError(f"predict_volume expects (1, 1, X, Y, Z), got {tuple(scan.shape)}")
         _check_pair(scan, atlas)
@@ -341,9 +359,15 @@ class GIRNet(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, scan: torch.Tensor, atlas: torch.Tensor, threshold: float | None = None
+        self,
+        scan: torch.Tensor,
+        atlas: torch.Tensor,
+        threshold: float | None = None,
+        fields: RegistrationFields | None = None,
     ) -> Prediction:
         """Run the trained model on ``scan`` (``(B, 1, *spatial)``) and ``atlas``.
+
+        ``fields`` replaces RegNet's registration (e.g. by instance-optimised fields).
 
         Raises
         ------
@@ -355,7 +379,7 @@ class GIRNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            f = self.register(scan, atlas)
+            f = self.register(scan, atlas) if fields is None else fields
             atlas_b = atlas.expand(scan.shape[0], *atlas.shape[1:])
             atlas_to_scan = warp(atlas_b, f.phi_ts)
             prob = self.segment(scan)

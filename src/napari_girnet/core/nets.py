@@ -306,6 +306,10 @@ class RegNet(_NetBase):
         Base width ``c`` (GIRNet: 7; the original SymNet repository: 8).
     range_flow
         Scale of the Softsign output, in voxels (reference: 100).
+    head_std
+        ``None`` (reference): PyTorch's default init of the velocity heads, which starts from
+        random deformations of several voxels. A float: heads drawn from N(0, head_std)
+        (VoxelMorph uses 1e-5), i.e. training starts at the identity map.
     seed
         If given, the weights are drawn (PyTorch default scheme) from a ``torch.Generator`` seeded
         with it and the global RNG is left untouched; if ``None`` (default) the global RNG is used,
@@ -325,11 +329,14 @@ class RegNet(_NetBase):
         start_channels: int = 7,
         range_flow: float = 100.0,
         *,
+        head_std: float | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
         self.ndim = _check_ndim(ndim)
         (c,) = _check_widths("start_channels", (start_channels,))
+        if head_std is not None and not (math.isfinite(head_std) and head_std >= 0):
+            raise ValueError(f"head_std must be a finite number >= 0, got {head_std!r}")
         if not (isinstance(range_flow, int | float) and math.isfinite(range_flow)) or (
             range_flow <= 0
         ):
@@ -368,6 +375,12 @@ class RegNet(_NetBase):
             self.head_ts = conv_nd(ndim)(2 * c, ndim, kernel_size=5, padding=2, bias=False)
         if generator is not None:
             _init_default(self, generator)
+        if head_std is not None:
+            # VoxelMorph-style near-identity start: tiny velocities, so training begins from the
+            # identity map instead of first undoing random ~range_flow-scale deformations
+            for head in (self.head_st, self.head_ts):
+                with torch.no_grad():
+                    head.weight.normal_(0.0, head_std, generator=generator)
 
     def extra_repr(self) -> str:
         return (
@@ -540,6 +553,11 @@ class SegNet(_NetBase):
         Widths of the 4 encoder levels.
     dec
         Widths of the 4 up-path convs followed by the full-resolution convs.
+    init_bias
+        Initial bias of the output conv (reference: 0, i.e. a 0.5 probability everywhere).
+        A negative value (e.g. -3, probability 0.05) starts the mutual-information game from
+        "no lesion", which is much more stable in short schedules: the mask then grows only
+        where inpainting fails, instead of flipping the whole brain across 0.5 at once.
     seed
         If given, weights are drawn from a ``torch.Generator`` seeded with it (global RNG
         untouched); ``None`` uses the global RNG.
@@ -557,6 +575,7 @@ class SegNet(_NetBase):
         enc: Sequence[int] = (16, 32, 64, 128),
         dec: Sequence[int] = (128, 64, 32, 32, 32, 16, 16),
         *,
+        init_bias: float = 0.0,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -567,6 +586,9 @@ class SegNet(_NetBase):
             self.encoder = _Encoder(ndim, 1, self.enc_widths)
             self.decoder = _Decoder(ndim, self.enc_widths[-1], self.enc_widths, self.dec_widths)
         _init_normal(self, 0.02, generator)
+        if init_bias:
+            with torch.no_grad():
+                self.decoder.head.bias.fill_(float(init_bias))
 
     def extra_repr(self) -> str:
         return f"ndim={self.ndim}, enc={self.enc_widths}, dec={self.dec_widths}"
