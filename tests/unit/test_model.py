@@ -64,3 +64,25 @@ def test_config_json_round_trip_and_strictness():
         cfg.override(loss={"reg_window": 8})
     for name in ("cpu-2mm", "gpu-1mm", "2d", "test"):
         assert preset(name).preset == name
+
+
+def test_reg_form_selects_the_lncc_form_of_the_registration_loss():
+    """A flat scan against a flat atlas: GIRNet's form scores it a perfect match, the standard
+    form scores it zero (except where the zero padding beyond the border creates contrast);
+    an invalid form is a config error."""
+    from napari_girnet.core.losses import registration_loss
+
+    cfg = preset("test")
+    model = GIRNet(cfg)
+    for p in model.reg.parameters():
+        torch.nn.init.zeros_(p)
+    flat = torch.full((1, 1, 32, 32, 32), 0.5)
+    fields = model.register(flat, flat)
+    girnet_loss, _ = registration_loss(fields, flat, flat, cfg.loss)
+    std_cfg = cfg.override(loss={"reg_form": "standard"}).loss
+    std_loss, _ = registration_loss(fields, flat, flat, std_cfg)
+    # zero velocities: every regulariser is 0, the loss is -3 (mid + 2 full) LNCC terms
+    assert girnet_loss.item() == pytest.approx(-3.0, abs=1e-5)
+    assert std_loss.item() > -2.0  # only border windows (zero padding) correlate
+    with pytest.raises(ConfigError, match="reg_form"):
+        cfg.override(loss={"reg_form": "voxelmorph"})

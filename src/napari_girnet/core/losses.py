@@ -82,17 +82,17 @@ def registration_loss(
     atlas : torch.Tensor
         ``(B, 1, *spatial)`` or ``(1, 1, *spatial)``.
     cfg : LossConfig
-        ``reg_window`` (7), ``reg_eps`` (0.1), weights ``w_mid, w_full, w_mag, w_jdet, w_smooth``
-        (1, 1, 0.1, 1, 3).
+        ``reg_window`` (7), ``reg_eps`` (0.1), ``reg_form`` (``"girnet"``), weights
+        ``w_mid, w_full, w_mag, w_jdet, w_smooth`` (1, 1, 0.1, 1, 3).
     """
     if atlas.shape[0] != scan.shape[0]:
         atlas = atlas.expand(scan.shape[0], *atlas.shape[1:])
-    win, eps = cfg.reg_window, cfg.reg_eps
+    win, eps, form = cfg.reg_window, cfg.reg_eps, cfg.reg_form
     scan_mid = warp(scan, fields.phi_s_half)
     atlas_mid = warp(atlas, fields.phi_t_half)
-    l_mid = -lncc(scan_mid, atlas_mid, win, eps)
-    l_full = -lncc(atlas, warp(scan, fields.phi_st), win, eps) - lncc(
-        scan, warp(atlas, fields.phi_ts), win, eps
+    l_mid = -lncc(scan_mid, atlas_mid, win, eps, form)
+    l_full = -lncc(atlas, warp(scan, fields.phi_st), win, eps, form) - lncc(
+        scan, warp(atlas, fields.phi_ts), win, eps, form
     )
     l_mag = magnitude(fields.phi_s_half, fields.phi_t_half)
     l_jdet = negative_jacobian(fields.phi_st) + negative_jacobian(fields.phi_ts)
