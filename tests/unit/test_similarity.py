@@ -51,6 +51,29 @@ def test_lncc_map_shape_range_and_flat_window_behaviour():
     assert lncc(flat, flat, form="standard", eps=1e-5).item() == pytest.approx(0.0)
 
 
+def test_girnet_form_rewards_pushing_the_image_out_of_view_standard_form_does_not():
+    """Why the CPU presets use the standard form: a blob-shaped "brain" on a zero background,
+    compared with a shifted copy of itself, against the same image translated out of the field
+    of view (what a degenerate RegNet learned; see core.config)."""
+    from napari_girnet.core.spatial import warp
+
+    g = torch.Generator().manual_seed(4)
+    brain = torch.zeros(1, 1, 32, 32, 32)
+    brain[..., 8:24, 8:24, 8:24] = 0.5 + 0.5 * torch.rand(1, 1, 16, 16, 16, generator=g)
+    moved = torch.roll(brain, shifts=1, dims=2)  # a near match: 1 voxel off
+    gone = torch.zeros(1, 3, 32, 32, 32)
+    gone[:, 0] = 40.0  # sample 40 voxels away: everything left is zero padding
+    out_of_view = warp(brain, gone)
+    assert out_of_view.abs().max().item() == 0.0
+    for form, eps in (("girnet", 0.1), ("standard", 0.1)):
+        near = lncc(brain, moved, 7, eps, form).item()
+        empty = lncc(brain, out_of_view, 7, eps, form).item()
+        if form == "girnet":
+            assert empty > near  # the shortcut scores better than a near-registration
+        else:
+            assert empty == pytest.approx(0.0, abs=1e-6) and near > 0.05
+
+
 @pytest.mark.parametrize(
     ("shape", "window"), [((32, 28), 7), ((18, 20, 16), 7), ((20, 20, 20), 15)]
 )
