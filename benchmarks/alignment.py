@@ -64,10 +64,14 @@ def cases(data_dir: Path) -> list[tuple[str, Volume]]:
     glioma_lps = read(glioma_path, canonical=False)  # LPS voxel order, as on disk
     out = [
         ("glioma T1 (LPS, SRI24)", glioma_lps),
-        ("glioma rot 12/-8/10 deg + shift (20,-10,8) mm",
-         rotate_and_shift(glioma_lps, (12.0, -8.0, 10.0), (20.0, -10.0, 8.0))),
-        ("glioma rot 15 deg (pitch) + shift 20 mm (A)",
-         rotate_and_shift(glioma_lps, (15.0, 0.0, 0.0), (0.0, 20.0, 0.0))),
+        (
+            "glioma rot 12/-8/10 deg + shift (20,-10,8) mm",
+            rotate_and_shift(glioma_lps, (12.0, -8.0, 10.0), (20.0, -10.0, 8.0)),
+        ),
+        (
+            "glioma rot 15 deg (pitch) + shift 20 mm (A)",
+            rotate_and_shift(glioma_lps, (15.0, 0.0, 0.0), (0.0, 20.0, 0.0)),
+        ),
         ("glioma reoriented LPS->RAS", glioma_lps.canonical()),
     ]
     for patient in ("patient07", "patient19"):
@@ -81,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("/work/shared/data"))
     parser.add_argument(
-        "--resolution", nargs="+", default=["1mm", "2mm"], choices=sorted(ATLAS_PRESETS),
+        "--resolution",
+        nargs="+",
+        default=["1mm", "2mm"],
+        choices=sorted(ATLAS_PRESETS),
         help="atlas working grids on which Dice is measured",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -107,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         norm = normalize_intensity(scan, mask)
         t0 = time.perf_counter()
         alignment = affine_align(
-            norm, full.image, moving_mask=mask, fixed_mask=full.mask, seed=args.seed,
-            shrink_factors=args.shrink, smoothing_sigmas=args.sigmas, threads=args.threads,
+            norm,
+            full.image,
+            moving_mask=mask,
+            fixed_mask=full.mask,
+            seed=args.seed,
+            shrink_factors=args.shrink,
+            smoothing_sigmas=args.sigmas,
+            threads=args.threads,
         )
         seconds = time.perf_counter() - t0
         scores = []

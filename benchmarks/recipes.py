@@ -1,20 +1,22 @@
 """Which `register` recipe finds the lesion best on held-out cases?
 
 A single scan is little data for an unsupervised segmenter (an inpainter can memorise one image
-and win the mutual-information game). This compares, on cases whose lesions the bundled model
-never saw (the bundled samples' own lesions are excluded from its training):
+and win the mutual-information game). This compares the sources of the lesion mask that
+``register`` offers, on cases whose lesions no bundled model saw (the bundled samples' own
+lesions are excluded from any training):
 
-- ``scratch``      random networks co-learned on the scan alone (N steps);
-- ``bundled``      the bundled pretrained model applied as is (0 steps);
-- ``bundled+scan`` the bundled model fine-tuned on the scan alone (N steps);
-- ``bundled+mix``  the bundled model fine-tuned on the scan mixed with pseudo-pathological cases
-                   (N steps; the default of ``girnet register``).
+- ``segnet``          SegNet's mask after co-learning on the scan mixed with 8
+                      pseudo-pathological cases (N steps; random start, or the bundled model
+                      with ``--bundled``);
+- ``outlier-1pass``   the atlas outlier against the affinely aligned atlas;
+- ``outlier``         the atlas outlier, second pass against the atlas registered to the
+                      lesion-filled scan (the default of ``girnet register``).
 
 Cases: the bundled real samples (2 mm, atlas space) and pseudo-pathological cases that paste the
-held-out real lesions into Colin27 / the atlas. Reports Dice (threshold 0.5) and Dice after the
-random-walker refinement, and seconds.
+held-out real lesions into Colin27 / the atlas. Reports Dice without and with the random-walker
+refinement (GIRNet's "PP", on the working grid), volumes and seconds.
 
-    python benchmarks/recipes.py [--steps 60] [--recipes ...] [--cases ...]
+    python benchmarks/recipes.py [--steps 30] [--recipes ...] [--cases ...] [--bundled]
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ from napari_girnet.datasets import colin27_source_brain, lesion_library, load_sa
 from napari_girnet.evaluation.metrics import dice
 
 RECIPES = {
-    "scratch": {"model": "random", "steps": True, "pseudo": 0},
-    "bundled": {"model": "bundled", "steps": False, "pseudo": 0},
-    "bundled+scan": {"model": "bundled", "steps": True, "pseudo": 0},
-    "bundled+mix": {"model": "bundled", "steps": True, "pseudo": 8},
+    "segnet": {"detector": "segnet", "steps": True, "pseudo": 8, "passes": 2},
+    "outlier-1pass": {"detector": "atlas-outlier", "steps": False, "pseudo": 0, "passes": 1},
+    "outlier": {"detector": "atlas-outlier", "steps": False, "pseudo": 0, "passes": 2},
 }
 HELD_OUT = ("glioma", "ms07", "ms19")
 
@@ -65,6 +66,9 @@ def main() -> None:
         default=["real:glioma", "real:ms19", "pseudo:glioma:colin27", "pseudo:ms19:atlas"],
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bundled", action="store_true", help="start from the bundled model, not random weights"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     cfg = api.resolve_config(args.preset)
@@ -79,28 +83,36 @@ def main() -> None:
         for rname in args.recipes:
             recipe = RECIPES[rname]
             model = None
-            if recipe["model"] == "random":
+            if not args.bundled:
                 from napari_girnet.core.model import GIRNet
                 from napari_girnet.core.runtime import seed_everything
 
                 seed_everything(args.seed)
                 model = GIRNet(cfg)
+            run_cfg = cfg.override(
+                inference={"detector": recipe["detector"], "outlier_passes": recipe["passes"]}
+            )
             t0 = time.perf_counter()
             res = api.register(
                 scan,
                 model=model,
-                config=cfg,
+                config=run_cfg,
                 fine_tune_steps=steps if recipe["steps"] else 0,
                 pseudo_cases=recipe["pseudo"],
                 exclude_lesions=HELD_OUT,
                 seed=args.seed,
                 truth=truth,
+                refine=False,
             )
             seconds = time.perf_counter() - t0
-            from napari_girnet.evaluation.postprocess import random_walker_refine
-
-            prob = res.lesion_probability.array
-            rw = random_walker_refine(res.prepared.to_native(res.prepared.image).array, prob)
+            grid_mask = res.prediction.lesion_mask[0, 0].numpy()
+            refined = api.refine_on_grid(res.prepared, grid_mask)
+            rw = (
+                res.prepared.to_native(
+                    res.atlas.image.with_array(refined.astype(np.float32)), order=1
+                ).array
+                > 0.5
+            )
             t = np.asarray(truth.array) > 0
             row = {
                 "case": cname,

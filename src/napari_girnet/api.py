@@ -25,7 +25,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from .core.colearn import CoLearner, PairSampler, TrainingReport
 from .core.config import GIRNetConfig, preset
 from .core.model import GIRNet, Prediction
 from .core.runtime import resolve_runtime, seed_everything
+from .core.spatial import warp
 from .data.atlas import Atlas, load_atlas
 from .data.fields import atlas_to_scan_fields, scan_to_atlas_field
 from .data.nifti import read_nifti, write_displacement, write_nifti
@@ -54,6 +55,7 @@ __all__ = [
     "fit",
     "load_atlas_for",
     "prepare",
+    "refine_on_grid",
     "register",
     "resolve_config",
 ]
@@ -523,7 +525,8 @@ def register(
     device: str | None = None,
     truth: ScanLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
-    refine: bool = False,
+    refine: bool | None = None,
+    detector: str | None = None,
     progress: Callable[[TrainingReport], None] | None = None,
 ) -> RegistrationResult:
     """Register a pathological scan to the atlas, find and inpaint its lesion.
@@ -551,8 +554,13 @@ def register(
         Pseudo-pathological cases mixed into fine-tuning (default 8 when fine-tuning).
     truth : path/Volume, optional
         Ground-truth lesion mask on the scan's grid: adds ``dice``, ``hd95_mm`` to ``metrics``.
-    refine : bool
-        Random-walker refinement of the mask (GIRNet's "PP").
+    refine : bool, optional
+        Random-walker refinement of the mask (GIRNet's "PP"); default ``config.inference.refine``.
+    detector : {"auto", "segnet", "atlas-outlier"}, optional
+        Source of the lesion mask (default ``config.inference.detector``, see
+        :class:`~napari_girnet.core.config.InferenceConfig`): SegNet's mask, or the scan's
+        departure from the histogram-matched atlas (used by ``"auto"`` when SegNet's mask is
+        empty or implausibly large, as with an untrained model).
     progress : callable, optional
         Called with every :class:`TrainingReport` of the fine-tuning.
 
@@ -571,6 +579,8 @@ def register(
     if device is not None:
         over["device"] = device
     cfg = cfg.override(runtime=over)
+    if detector is not None:
+        cfg = cfg.override(inference={"detector": detector})
     steps = cfg.schedule.fine_tune_steps if fine_tune_steps is None else int(fine_tune_steps)
     cfg = cfg.override(schedule={"steps": steps, "pretrain_inp_steps": 0})
 
@@ -614,20 +624,58 @@ def register(
     net.to(runtime.device)
     scan_t = _tensor(prepared.image)[None].to(runtime.device)
     atlas_t = _tensor(atlas_obj.image)[None].to(runtime.device)
+    brain_t = torch.from_numpy(np.asarray(prepared.mask.array, dtype=bool))[None, None]
+    brain_t = brain_t.to(runtime.device)
+    icfg = cfg.inference
+    untrained = desc.startswith("randomly initialised")
+    fill_mode = icfg.fill if icfg.fill != "auto" else ("atlas" if untrained else "inpnet")
+
+    t0 = time.perf_counter()
+    detection = _detect(net, scan_t, atlas_t, brain_t, prepared, cfg, pass_name="affine atlas")
+    timings["detect_s"] = time.perf_counter() - t0
+
     fields = None
     instance: dict[str, Any] = {}
     n_io = cfg.schedule.instance_steps if instance_steps is None else int(instance_steps)
     if n_io > 0 and net.ndim == 3:
         t0 = time.perf_counter()
-        fields, instance = _instance_optimise(net, scan_t, atlas_t, prepared, cfg, n_io)
+        with torch.no_grad():
+            guide = warp(atlas_t, net.register(scan_t, atlas_t).phi_ts)
+            target = _fill(net, scan_t, detection.mask, guide, brain_t, fill_mode)
+        fields, instance = _instance_optimise(net, scan_t, atlas_t, cfg, n_io, target, detection)
         timings["instance_s"] = time.perf_counter() - t0
+        if detection.source == "atlas-outlier" and icfg.outlier_passes == 2:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                warped = warp(atlas_t, fields.phi_ts)
+            first_reason = detection.info.get("reason")
+            detection = _detect(
+                net,
+                scan_t,
+                warped,
+                brain_t,
+                prepared,
+                cfg,
+                pass_name="atlas registered to the scan with the first-pass mask filled",
+                force="atlas-outlier",
+            )
+            detection.info["reason"] = first_reason
+            timings["detect_s"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = net.predict_volume(scan_t, atlas_t, autocast=runtime.autocast, fields=fields)
+    with torch.no_grad():
+        pred = replace(
+            pred,
+            lesion_probability=detection.probability,
+            lesion_mask=detection.mask,
+            inpainted=_fill(net, scan_t, detection.mask, pred.atlas_to_scan, brain_t, fill_mode),
+        )
     pred = pred.to("cpu")
     timings["predict_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = _map_back(pred, prepared, atlas_obj, scan_vol, refine=refine)
+    do_refine = icfg.refine if refine is None else bool(refine)
+    result = _map_back(pred, prepared, atlas_obj, scan_vol, refine=do_refine)
     timings["map_back_s"] = time.perf_counter() - t0
     result_metrics: dict[str, Any] = {}
     if truth_vol is not None:
@@ -642,6 +690,7 @@ def register(
         checkpoint=ckpt_path,
         provenance={
             "instance_optimisation": instance,
+            "lesion_detection": {**detection.info, "fill": fill_mode, "refine": do_refine},
             "model": desc,
             "model_sha256": sha,
             "fine_tune_steps": steps,
@@ -655,44 +704,158 @@ def register(
     )
 
 
+@dataclass(frozen=True)
+class _Detection:
+    """A lesion mask on the working grid and where it came from."""
+
+    probability: torch.Tensor  # (1, 1, *S) float in [0, 1]
+    mask: torch.Tensor  # (1, 1, *S) bool
+    source: str  # "segnet" or "atlas-outlier"
+    info: dict[str, Any]
+
+
+def _detect(
+    net: GIRNet,
+    scan_t: torch.Tensor,
+    reference: torch.Tensor,
+    brain_t: torch.Tensor,
+    prepared: PreparedScan,
+    cfg: GIRNetConfig,
+    pass_name: str,
+    force: str | None = None,
+) -> _Detection:
+    """Lesion mask from SegNet or from the atlas outlier (``cfg.inference``).
+
+    ``reference`` is the atlas on the scan (affinely aligned, or registered); it is
+    histogram-matched to the scan inside the brain before the comparison.
+    """
+    from .core.similarity import histogram_match
+    from .evaluation.outlier import atlas_outlier_mask
+
+    icfg = cfg.inference
+    brain = brain_t.bool()
+    n_brain = max(int(brain.sum()), 1)
+    with torch.no_grad():
+        prob = net.segment(scan_t).float()
+    seg_mask = (prob > cfg.loss.mask_threshold) & brain
+    frac = float(seg_mask.sum()) / n_brain
+    plausible = 0.0 < frac < icfg.max_mask_fraction
+    source = force or icfg.detector
+    if source == "auto":
+        source = "segnet" if plausible else "atlas-outlier"
+    info: dict[str, Any] = {"segnet_mask_fraction_of_brain": frac, "source": source}
+    if source == "segnet":
+        info["reason"] = "SegNet mask" if plausible else "SegNet mask (forced; implausible)"
+        return _Detection(prob * brain, seg_mask, "segnet", info)
+    with torch.no_grad():
+        healthy = (
+            histogram_match(
+                reference.float(), scan_t.float(), source_mask=reference > 0, reference_mask=brain
+            )
+            * brain
+        )
+    spacing = tuple(float(s) for s in prepared.image.spacing)
+    res = atlas_outlier_mask(
+        scan_t[0, 0].cpu().numpy(),
+        healthy[0, 0].cpu().numpy(),
+        brain[0, 0].cpu().numpy(),
+        spacing,
+        smoothing_mm=icfg.outlier_smoothing_mm,
+        k_mad=icfg.outlier_k_mad,
+        min_contrast=icfg.outlier_min_contrast,
+        polarity=icfg.outlier_polarity,
+        largest_only=icfg.outlier_largest_only,
+    )
+    mask = torch.from_numpy(res.mask)[None, None].to(scan_t.device)
+    p = torch.from_numpy(res.probability)[None, None].to(scan_t.device)
+    info.update(
+        {
+            "reason": (
+                "requested"
+                if (force or icfg.detector) == "atlas-outlier"
+                else "SegNet mask empty or implausible"
+            ),
+            "reference": pass_name,
+            "threshold": res.threshold,
+            "components": res.components,
+            "mask_fraction_of_brain": float(mask.sum()) / n_brain,
+        }
+    )
+    return _Detection(p.float(), mask, "atlas-outlier", info)
+
+
+def _fill(
+    net: GIRNet,
+    scan_t: torch.Tensor,
+    mask: torch.Tensor,
+    atlas_warped: torch.Tensor,
+    brain_t: torch.Tensor,
+    mode: str,
+) -> torch.Tensor:
+    """The scan with ``mask`` filled by InpNet (``"inpnet"``) or by ``T^M`` (``"atlas"``)."""
+    from .core.similarity import histogram_match
+
+    m = mask.float()
+    if not bool(mask.any()):
+        return scan_t.clone()
+    with torch.no_grad():
+        if mode == "inpnet":
+            return net.inpaint(scan_t, m, atlas_warped, keep_outside=True)
+        brain = brain_t.bool()
+        healthy = histogram_match(
+            atlas_warped.float(),
+            scan_t.float(),
+            source_mask=atlas_warped > 0,
+            reference_mask=brain & ~mask.bool(),
+        )
+        return scan_t * (1 - m) + healthy * m
+
+
 def _instance_optimise(
     net: GIRNet,
     scan_t: torch.Tensor,
     atlas_t: torch.Tensor,
-    prepared: PreparedScan,
     cfg: GIRNetConfig,
     steps: int,
+    target: torch.Tensor,
+    detection: _Detection,
 ) -> tuple[Any, dict[str, Any]]:
-    """Refine RegNet's registration of this scan (``core.instance``).
+    """Refine the registration of this scan (``core.instance``) against ``target``.
 
-    The similarity target is GIRNet's inpainted scan when SegNet's mask is plausible (non-empty
-    and under 30 % of the brain); otherwise the raw scan, since filling an implausible mask
-    would register the atlas to the inpainter's output instead of to the scan.
+    The target is GIRNet's inpainted scan: the detected lesion filled with healthy tissue and
+    the original tissue kept outside, so the atlas is not pulled into the lesion. An empty mask
+    leaves the raw scan.
     """
     from .core.instance import refine_registration
 
-    with torch.no_grad():
-        mask = net.segment(scan_t) > cfg.loss.mask_threshold
-    brain = torch.from_numpy(np.asarray(prepared.mask.array, dtype=bool))[None, None]
-    frac = float(mask.cpu()[brain].float().mean()) if brain.any() else 0.0
-    plausible = 0.0 < frac < 0.3
     res = refine_registration(
-        net,
-        scan_t,
-        atlas_t,
-        steps=steps,
-        lr=cfg.schedule.instance_lr,
-        target=None if plausible else scan_t,
+        net, scan_t, atlas_t, steps=steps, lr=cfg.schedule.instance_lr, target=target
     )
     info = {
         "steps": steps,
         "lr": cfg.schedule.instance_lr,
-        "target": "inpainted scan" if plausible else "raw scan (SegNet mask implausible)",
-        "mask_fraction_of_brain": frac,
+        "target": "inpainted scan" if bool(detection.mask.any()) else "raw scan (empty mask)",
+        "mask_source": detection.source,
         "loss_before": res.loss_before,
         "loss_after": res.loss_after,
     }
     return res.fields, info
+
+
+def refine_on_grid(prepared: PreparedScan, mask: np.ndarray) -> np.ndarray:
+    """GIRNet's random-walker post-processing of a working-grid mask (``(X, Y, Z)`` bool).
+
+    Runs on the working grid, where GIRNet predicts (the reference's settings are in voxels),
+    on the normalised scan; an empty mask is returned unchanged.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask
+    from .evaluation.postprocess import random_walker_refine
+
+    grid_brain = np.asarray(prepared.mask.array, dtype=bool)
+    image = np.asarray(prepared.image.array, dtype=np.float32)
+    return random_walker_refine(image, mask.astype(np.float32), threshold=0.5) & grid_brain
 
 
 def _map_back(
@@ -707,12 +870,11 @@ def _map_back(
     prob = prepared.to_native(on_grid(pred.lesion_probability, "lesion_probability"), order=1)
     brain = prepared.native_mask.array.astype(bool)
     prob_arr = np.where(brain, prob.array, 0.0).astype(np.float32)
-    mask_arr = prob_arr > pred.threshold
+    mask_on_grid = pred.lesion_mask[0, 0].numpy().astype(bool)
     if refine:
-        from .evaluation.postprocess import random_walker_refine
-
-        norm = prepared.to_native(prepared.image, order=1).array
-        mask_arr = random_walker_refine(norm, prob_arr, threshold=pred.threshold) & brain
+        mask_on_grid = refine_on_grid(prepared, mask_on_grid)
+    mask_grid = grid.with_array(mask_on_grid.astype(np.float32), name="lesion_mask")
+    mask_arr = (prepared.to_native(mask_grid, order=1).array > 0.5) & brain
     inpainted_norm = prepared.to_native(on_grid(pred.inpainted, "inpainted"), order=1).array
     native = scan.array.astype(np.float32)
     lo, hi = _intensity_range(native, brain)

@@ -95,6 +95,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         truth=truth,
         checkpoint_dir=Path(args.out) / "checkpoint",
         refine=args.refine,
+        detector=args.detector,
         progress=bar,
     )
     bar.close()
@@ -303,8 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--refine",
-        action="store_true",
-        help="random-walker refinement of the lesion mask (GIRNet's post-processing)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random-walker refinement of the lesion mask (GIRNet's post-processing 'PP'; "
+        "default: on, from the preset's inference settings)",
+    )
+    p.add_argument(
+        "--detector",
+        choices=["auto", "segnet", "atlas-outlier"],
+        default=None,
+        help="source of the lesion mask: SegNet, the scan's departure from the "
+        "histogram-matched atlas, or auto (SegNet when its mask is plausible, otherwise the "
+        "atlas outlier; default)",
     )
     p.add_argument("--qc", action="store_true", help="write qc.png, a montage of key slices")
     p.add_argument(

@@ -78,8 +78,14 @@ def block_average(volume: Volume, shape, affine) -> np.ndarray:
     # a window of even size s is centred at i - 0.5: sample half a voxel further
     offset = m[:3, 3] + np.where(sizes % 2 == 0, 0.5, 0.0)
     return ndi.affine_transform(
-        filtered, m[:3, :3], offset, output_shape=tuple(shape), order=1, mode="constant",
-        cval=0.0, prefilter=False,
+        filtered,
+        m[:3, :3],
+        offset,
+        output_shape=tuple(shape),
+        order=1,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
     )
 
 
@@ -87,13 +93,20 @@ def nearest(volume: Volume, shape, affine) -> np.ndarray:
     """Nearest-neighbour sampling (labels) at the target voxel centres."""
     m = np.linalg.inv(volume.affine) @ np.asarray(affine, dtype=np.float64)
     return ndi.affine_transform(
-        np.asarray(volume.array), m[:3, :3], m[:3, 3], output_shape=tuple(shape), order=0,
-        mode="constant", cval=0, prefilter=False,
+        np.asarray(volume.array),
+        m[:3, :3],
+        m[:3, 3],
+        output_shape=tuple(shape),
+        order=0,
+        mode="constant",
+        cval=0,
+        prefilter=False,
     )
 
 
-def save(array: np.ndarray, affine: np.ndarray, path: Path, source: nib.Nifti1Image | None,
-         dtype) -> None:
+def save(
+    array: np.ndarray, affine: np.ndarray, path: Path, source: nib.Nifti1Image | None, dtype
+) -> None:
     """Write a NIfTI with the source file's sform/qform codes (1 = scanner when no source)."""
     array = np.asarray(array)
     if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(array.dtype, np.integer):
@@ -108,8 +121,10 @@ def save(array: np.ndarray, affine: np.ndarray, path: Path, source: nib.Nifti1Im
     img.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
-    report(f"{path.name:36s} {array.shape!s:16s} {np.dtype(dtype).name:8s} "
-          f"{''.join(nib.aff2axcodes(affine))} {path.stat().st_size / 1024:7.1f} KiB")
+    report(
+        f"{path.name:36s} {array.shape!s:16s} {np.dtype(dtype).name:8s} "
+        f"{''.join(nib.aff2axcodes(affine))} {path.stat().st_size / 1024:7.1f} KiB"
+    )
 
 
 def downsample_3mm(shared: Path, out: Path) -> None:
@@ -132,8 +147,9 @@ def downsample_3mm(shared: Path, out: Path) -> None:
     colin, colin_img = read(shared / "colin27" / "ch2bet.nii.gz")
     aal, aal_img = read(shared / "colin27" / "aal.nii.gz")
     shape, affine = coarse_grid(colin, 3)
-    save(block_average(colin, shape, affine), affine, out / "colin27_3mm.nii.gz", colin_img,
-         np.uint8)
+    save(
+        block_average(colin, shape, affine), affine, out / "colin27_3mm.nii.gz", colin_img, np.uint8
+    )
     save(nearest(aal, shape, affine), affine, out / "colin27_aal_3mm.nii.gz", aal_img, np.uint8)
 
     # the MS lesion masks with the largest lesion volume
@@ -174,20 +190,31 @@ def slabs_4mm(shared: Path, out: Path) -> None:
     slab_affine = affine.copy()
     slab_affine[:3, 3] = affine[:3, :3] @ [0, 0, k0] + affine[:3, 3]
     slab_shape = (shape[0], shape[1], SLAB_SLICES)
-    report(f"  (slab: slices {k0}..{k0 + SLAB_SLICES - 1} of the {shape} 4 mm working grid, "
-           f"z = {slab_affine[2, 3]:.1f} mm + 4 k)")
+    report(
+        f"  (slab: slices {k0}..{k0 + SLAB_SLICES - 1} of the {shape} 4 mm working grid, "
+        f"z = {slab_affine[2, 3]:.1f} mm + 4 k)"
+    )
 
     atlas = load_atlas_full()
     image = block_average(atlas.image, slab_shape, slab_affine)
-    mask = block_average(atlas.mask.with_array(atlas.mask.array.astype(np.float32)), slab_shape,
-                         slab_affine) > 0.5
+    mask = (
+        block_average(
+            atlas.mask.with_array(atlas.mask.array.astype(np.float32)), slab_shape, slab_affine
+        )
+        > 0.5
+    )
     image = np.where(mask, np.clip(image, 0.0, 1.0), 0.0)
     save(image, slab_affine, out / "atlas_slab_4mm.nii.gz", None, np.float32)
     save(mask, slab_affine, out / "atlas_slab_mask_4mm.nii.gz", None, np.uint8)
     for patient, (t1, t1_img, gold, gold_img) in patients.items():
         tag = f"ms{patient[-2:]}"
-        save(block_average(t1, slab_shape, slab_affine), slab_affine,
-             out / f"{tag}_slab_4mm.nii.gz", t1_img, np.float32)
+        save(
+            block_average(t1, slab_shape, slab_affine),
+            slab_affine,
+            out / f"{tag}_slab_4mm.nii.gz",
+            t1_img,
+            np.float32,
+        )
         slab_lesion = block_average(gold.with_array(gold.array > 0), slab_shape, slab_affine) > 0
         report(f"  ({tag}: lesion voxels per slice {slab_lesion.sum(axis=(0, 1)).tolist()})")
         save(slab_lesion, slab_affine, out / f"{tag}_slab_lesion_4mm.nii.gz", gold_img, np.uint8)
@@ -195,10 +222,18 @@ def slabs_4mm(shared: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=Path("/work/shared/data"),
-                        help="folder with the real data (see its README.md)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="output folder (default: this folder)")
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=Path("/work/shared/data"),
+        help="folder with the real data (see its README.md)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="output folder (default: this folder)",
+    )
     args = parser.parse_args(argv)
     downsample_3mm(args.shared, args.out)
     slabs_4mm(args.shared, args.out)

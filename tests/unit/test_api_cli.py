@@ -66,6 +66,35 @@ def test_register_report_has_metrics_timings_and_conventions(glioma_result):
     assert report["napari_girnet_version"]
 
 
+def test_untrained_segnet_falls_back_to_the_atlas_outlier(glioma_result):
+    """Random weights give an empty SegNet mask, so "auto" detects the lesion against the atlas."""
+    result, _paths, _ = glioma_result
+    det = result.provenance["lesion_detection"]
+    assert det["source"] == "atlas-outlier"
+    assert det["segnet_mask_fraction_of_brain"] == 0.0
+    assert det["reason"] == "SegNet mask empty or implausible"
+    assert det["fill"] == "atlas" and det["refine"] is True
+    assert result.provenance["instance_optimisation"]["target"] == "inpainted scan"
+    mask = np.asarray(result.lesion_mask.array) > 0
+    assert mask.any()
+    assert result.provenance["lesion_detection"]["mask_fraction_of_brain"] < 0.3
+    # outside the mask the inpainted scan is the scan itself
+    np.testing.assert_allclose(
+        result.inpainted.array[~mask], result.scan.array[~mask].astype(np.float32), atol=1e-4
+    )
+
+
+def test_forced_segnet_detector_reports_its_implausible_mask():
+    result = api.register(
+        GLIOMA, config="test", fine_tune_steps=0, instance_steps=0, detector="segnet"
+    )
+    det = result.provenance["lesion_detection"]
+    assert det["source"] == "segnet" and "implausible" in det["reason"]
+    assert not np.asarray(result.lesion_mask.array).any()
+    with pytest.raises(ValueError, match="detector"):
+        api.register(GLIOMA, config="test", fine_tune_steps=0, detector="magic")
+
+
 def test_field_maps_scan_points_into_the_atlas(glioma_result):
     """Pulling the atlas through the exported field reproduces atlas_to_scan."""
     from scipy.ndimage import map_coordinates

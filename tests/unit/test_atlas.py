@@ -70,6 +70,7 @@ def test_1mm_preset_is_exact_crop(full: Atlas) -> None:
 def test_2mm_grid_centre_and_padding() -> None:
     one, two = load_atlas("1mm"), load_atlas("2mm")
     np.testing.assert_allclose(_centre(two.image), _centre(one.image), atol=1e-9)
+
     # voxel-edge boxes: same in x and y, z extended by 4 voxels = 8 mm at each end
     def edges(vol: Volume) -> np.ndarray:
         lo = vol.voxel_to_world([-0.5, -0.5, -0.5])[0]
@@ -108,7 +109,7 @@ def test_2mm_is_block_average_of_1mm(full: Atlas) -> None:
     ijk = np.array([40, 48, 40])
     world = two.image.voxel_to_world(ijk)[0]
     lo = np.floor(full.image.world_to_voxel(world)[0]).astype(int)
-    block = full.image.array[lo[0]:lo[0] + 2, lo[1]:lo[1] + 2, lo[2]:lo[2] + 2]
+    block = full.image.array[lo[0] : lo[0] + 2, lo[1] : lo[1] + 2, lo[2] : lo[2] + 2]
     assert two.mask.array[tuple(ijk)]
     assert two.image.array[tuple(ijk)] == pytest.approx(block.mean(), abs=1e-5)
 

@@ -137,6 +137,7 @@ class ApplyWidget(QWidget):
         self.pseudo_cases.setRange(0, 1000)
         self.pseudo_cases.setValue(8)
         self.refine = QCheckBox("refine with random walker")
+        self.refine.setChecked(True)
         self.stride = QSpinBox()
         self.stride.setRange(1, 64)
         self.stride.setValue(6)

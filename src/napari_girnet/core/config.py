@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "GIRNetConfig",
+    "InferenceConfig",
     "LossConfig",
     "NetConfig",
     "RuntimeConfig",
@@ -300,12 +301,74 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.device must be auto/cpu/cuda/cuda:N/mps, got {dev!r}")
 
 
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How :func:`napari_girnet.api.register` turns the networks' outputs into a result.
+
+    Attributes
+    ----------
+    detector : str
+        Source of the lesion mask: ``"segnet"`` (SegNet's thresholded probability, GIRNet's
+        "TH"), ``"atlas-outlier"`` (the scan's departure from the histogram-matched atlas,
+        :func:`napari_girnet.evaluation.outlier.atlas_outlier_mask`) or ``"auto"`` (SegNet
+        when its mask is plausible, non-empty and under ``max_mask_fraction`` of the brain;
+        the atlas outlier otherwise).
+    fill : str
+        What fills the mask in the inpainted scan and in the registration target: ``"inpnet"``
+        (GIRNet's InpNet), ``"atlas"`` (the warped atlas histogram-matched to the scan,
+        ``T^M``, which is InpNet's training target) or ``"auto"`` (InpNet for a trained model,
+        the atlas for a randomly initialised one).
+    max_mask_fraction : float
+        Largest plausible SegNet mask, as a fraction of the brain.
+    outlier_smoothing_mm, outlier_k_mad, outlier_min_contrast, outlier_polarity, \
+    outlier_largest_only
+        Parameters of the atlas-outlier detector (Gaussian sigma in mm; threshold in robust
+        SDs; smallest residual that counts, in [0, 1] intensity units; ``"hypo"``, ``"hyper"``
+        or ``"both"``; keep only the largest component).
+    outlier_passes : int
+        1: detect against the affinely aligned atlas only; 2: detect again against the atlas
+        registered (instance optimisation) to the scan with the first mask filled.
+    refine : bool
+        Random-walker refinement of the final mask (GIRNet's "PP").
+    """
+
+    detector: Literal["auto", "segnet", "atlas-outlier"] = "auto"
+    fill: Literal["auto", "inpnet", "atlas"] = "auto"
+    max_mask_fraction: float = 0.3
+    outlier_smoothing_mm: float = 4.0
+    outlier_k_mad: float = 1.5
+    outlier_min_contrast: float = 0.1
+    outlier_polarity: Literal["hypo", "hyper", "both"] = "hypo"
+    outlier_largest_only: bool = True
+    outlier_passes: int = 2
+    refine: bool = True
+
+    def validate(self) -> None:
+        if self.detector not in ("auto", "segnet", "atlas-outlier"):
+            raise ConfigError(
+                f"inference.detector must be auto/segnet/atlas-outlier, got {self.detector!r}"
+            )
+        if self.fill not in ("auto", "inpnet", "atlas"):
+            raise ConfigError(f"inference.fill must be auto/inpnet/atlas, got {self.fill!r}")
+        if self.outlier_polarity not in ("hypo", "hyper", "both"):
+            raise ConfigError(
+                f"inference.outlier_polarity must be hypo/hyper/both, got {self.outlier_polarity!r}"
+            )
+        if not 0.0 < self.max_mask_fraction <= 1.0:
+            raise ConfigError("inference.max_mask_fraction must be in (0, 1]")
+        if self.outlier_smoothing_mm < 0:
+            raise ConfigError("inference.outlier_smoothing_mm must be >= 0")
+        if self.outlier_passes not in (1, 2):
+            raise ConfigError("inference.outlier_passes must be 1 or 2")
+
+
 _SECTIONS: dict[str, type] = {
     "net": NetConfig,
     "loss": LossConfig,
     "schedule": ScheduleConfig,
     "data": DataConfig,
     "runtime": RuntimeConfig,
+    "inference": InferenceConfig,
 }
 
 
@@ -319,6 +382,7 @@ class GIRNetConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def validate(self) -> GIRNetConfig:
         """Check every section; return self. Raises :class:`ConfigError`."""

@@ -33,7 +33,7 @@ __all__ = [
     "PreprocessError",
     "affine_align",
     "brain_mask",
-        "normalize_intensity",
+    "normalize_intensity",
     "prepare_scan",
     "resample",
     "resample_like",
@@ -533,14 +533,29 @@ def affine_align(
             raise PreprocessError(f"{_label(vol)}: image is empty (all zero): cannot align")
 
     lps, value, total, stages = _with_sitk_threads(
-        threads, _run_registration, moving, moving_work, fixed_work, metric_mask, shrink, sigmas,
-        dof, seed, sampling_percentage, iterations, threads,
+        threads,
+        _run_registration,
+        moving,
+        moving_work,
+        fixed_work,
+        metric_mask,
+        shrink,
+        sigmas,
+        dof,
+        seed,
+        sampling_percentage,
+        iterations,
+        threads,
     )
     ras = _RAS_TO_LPS @ lps @ _RAS_TO_LPS
     seconds = time.perf_counter() - start
     logger.info(
         "%s: affine alignment (%s) done in %.1f s, %d iterations, Mattes MI %.4f",
-        _label(moving), "+".join(stages), seconds, total, value,
+        _label(moving),
+        "+".join(stages),
+        seconds,
+        total,
+        value,
     )
     return AffineAlignment(ras, value, total, seconds, tuple(stages))
 
@@ -577,8 +592,11 @@ def _run_registration(
             reg.SetMetricFixedMask(sitk_mask)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0, minStep=0.01, numberOfIterations=int(iterations),
-            relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8,
+            learningRate=2.0,
+            minStep=0.01,
+            numberOfIterations=int(iterations),
+            relaxationFactor=0.5,
+            gradientMagnitudeTolerance=1e-8,
         )
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel(shrink[:levels])
@@ -595,15 +613,21 @@ def _run_registration(
             ) from err
         value = float(reg.GetMetricValue())
         logger.debug(
-            "%s: %s stage, metric %.4f after %d iterations (%s)", _label(moving), name, value,
-            counter[0], reg.GetOptimizerStopConditionDescription(),
+            "%s: %s stage, metric %.4f after %d iterations (%s)",
+            _label(moving),
+            name,
+            value,
+            counter[0],
+            reg.GetOptimizerStopConditionDescription(),
         )
         return value, counter[0]
 
     try:
         similarity = sitk.Similarity3DTransform(
             sitk.CenteredTransformInitializer(
-                fixed_image, moving_image, sitk.Similarity3DTransform(),
+                fixed_image,
+                moving_image,
+                sitk.Similarity3DTransform(),
                 sitk.CenteredTransformInitializerFilter.MOMENTS,
             )
         )

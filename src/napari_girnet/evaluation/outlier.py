@@ -1,0 +1,197 @@
+"""Lesion detection as an outlier against the healthy atlas (atlas-residual detector).
+
+GIRNet's premise is that a lesion is the part of a scan that atlas-guided healthy inpainting
+cannot predict. This module measures that directly, without a trained network: it compares the
+scan with the atlas warped onto it and histogram-matched to it (``T^M``, the very target
+GIRNet's InpNet is trained to produce inside a hole), and keeps the region where the scan is
+much darker (T1 hypointense lesions: tumour, oedema, stroke, MS "black holes") or brighter than
+healthy tissue would be there. It is the classical "outlier against a healthy reference"
+approach of automated lesion identification (Seghier et al., NeuroImage 41:1253-1266, 2008)
+with GIRNet's atlas and histogram matching as the reference.
+
+It serves two roles in :func:`napari_girnet.api.register`: the lesion mask when no trained
+SegNet is available (or SegNet's mask is implausible: empty or most of the brain), and the
+hole that GIRNet's registration inpaints so that the atlas is not pulled into the lesion.
+
+numpy / scipy only. Arrays are in the volume's array axis order (3D ``(X, Y, Z)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["OutlierResult", "atlas_outlier_mask"]
+
+log = logging.getLogger(__name__)
+
+Polarity = Literal["hypo", "hyper", "both"]
+
+
+@dataclass(frozen=True)
+class OutlierResult:
+    """Output of :func:`atlas_outlier_mask`.
+
+    Attributes
+    ----------
+    mask : numpy.ndarray
+        Bool, the detected lesion (scan grid).
+    probability : numpy.ndarray
+        Float32 in [0, 1]: ``sigmoid((residual - threshold) / robust SD)`` inside the eroded
+        brain, so 0.5 at the threshold; capped at 0.49 in above-threshold components that were
+        not kept, so ``probability > 0.5`` is exactly ``mask``.
+    score : numpy.ndarray
+        Float32 robust z-score map ``(residual - median) / (1.4826 MAD)`` (0 outside the
+        eroded brain).
+    threshold : float
+        Residual threshold in intensity units: ``max(median + k_mad * 1.4826 * MAD,
+        min_contrast)``; the mask is the kept components of ``residual > threshold``.
+    components : int
+        Connected components above threshold before selection.
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray
+    score: np.ndarray
+    threshold: float
+    components: int
+
+
+def _check(scan: np.ndarray, healthy: np.ndarray, brain: np.ndarray) -> None:
+    if scan.ndim not in (2, 3):
+        raise ValueError(f"atlas_outlier_mask needs a 2D or 3D scan, got shape {scan.shape}")
+    if healthy.shape != scan.shape or brain.shape != scan.shape:
+        raise ValueError(
+            f"scan {scan.shape}, healthy reference {healthy.shape} and brain mask {brain.shape} "
+            "must be on the same grid"
+        )
+    if not np.isfinite(scan).all() or not np.isfinite(healthy).all():
+        raise ValueError("scan or healthy reference contains NaN or infinite values")
+    if not brain.any():
+        raise ValueError("the brain mask is empty")
+
+
+def atlas_outlier_mask(
+    scan: np.ndarray,
+    healthy: np.ndarray,
+    brain: np.ndarray,
+    spacing_mm: float | tuple[float, ...] = 1.0,
+    *,
+    smoothing_mm: float = 4.0,
+    k_mad: float = 1.5,
+    min_contrast: float = 0.1,
+    polarity: Polarity = "hypo",
+    erode_mm: float = 4.0,
+    min_volume_mm3: float = 100.0,
+    largest_only: bool = True,
+) -> OutlierResult:
+    """Lesion mask where the scan departs from the healthy (atlas) reference.
+
+    Steps: brain-normalised Gaussian smoothing (``smoothing_mm`` standard deviation) of both
+    images, so that voxels outside the brain do not leak in; residual ``healthy - scan``
+    (``"hypo"``), ``scan - healthy`` (``"hyper"``) or its absolute value (``"both"``) inside
+    the brain eroded by ``erode_mm`` (the skull-stripping edge and the cortex-CSF boundary are
+    the largest residuals of any healthy scan); robust z-score ``(r - median) / (1.4826 MAD)``
+    over the eroded brain; threshold at ``k_mad`` robust SDs (at least ``min_contrast``);
+    connected components (26-connectivity in 3D) of at least ``min_volume_mm3``; the largest
+    one (``largest_only``, a single lesion such as a tumour or a stroke) or all of them.
+
+    Parameters
+    ----------
+    scan : numpy.ndarray
+        ``(X, Y, Z)`` (or ``(H, W)``) scan, intensities in [0, 1], 0 outside the brain.
+    healthy : numpy.ndarray
+        The healthy reference on the same grid and intensity scale: the atlas warped onto the
+        scan and histogram-matched to it (``T^M``), or InpNet's healthy reconstruction.
+    brain : numpy.ndarray
+        Bool brain mask on the same grid.
+    spacing_mm : float or tuple
+        Voxel spacing in mm (one value or one per axis).
+    smoothing_mm : float
+        Gaussian standard deviation in mm (default 4 mm: smaller than a tumour, larger than the
+        residual misregistration of cortical folds).
+    k_mad : float
+        Threshold in robust standard deviations of the residual.
+    min_contrast : float
+        Smallest residual that counts, in the scan's intensity units (the [0, 1] range): the
+        threshold is ``max(median + k_mad * 1.4826 * MAD, min_contrast)``, so that a reference
+        that matches healthy tissue almost perfectly (tiny MAD) does not turn the smoothed
+        halo of a lesion into lesion.
+    polarity : {"hypo", "hyper", "both"}
+        Which departures count. T1 lesions are hypointense (default); ``"hyper"`` for
+        contrast-enhanced T1 or FLAIR-like contrasts.
+    erode_mm : float
+        Erosion of the brain mask before scoring, in mm.
+    min_volume_mm3 : float
+        Components smaller than this are dropped.
+    largest_only : bool
+        Keep only the largest component.
+
+    Returns
+    -------
+    OutlierResult
+
+    Raises
+    ------
+    ValueError
+        On shape mismatch, non-finite values, an empty brain mask or an unknown polarity.
+    """
+    scan = np.asarray(scan, dtype=np.float64)
+    healthy = np.asarray(healthy, dtype=np.float64)
+    brain = np.asarray(brain, dtype=bool)
+    _check(scan, healthy, brain)
+    if polarity not in ("hypo", "hyper", "both"):
+        raise ValueError(f"polarity must be 'hypo', 'hyper' or 'both', got {polarity!r}")
+    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (scan.ndim,))
+    sigma = smoothing_mm / spacing
+    weight = ndimage.gaussian_filter(brain.astype(np.float64), sigma) + 1e-6
+    s = ndimage.gaussian_filter(np.where(brain, scan, 0.0), sigma) / weight
+    h = ndimage.gaussian_filter(np.where(brain, healthy, 0.0), sigma) / weight
+    residual = {"hypo": h - s, "hyper": s - h, "both": np.abs(h - s)}[polarity]
+    iterations = round(erode_mm / float(spacing.min()))
+    core = ndimage.binary_erosion(brain, iterations=iterations) if iterations > 0 else brain
+    if not core.any():
+        core = brain
+    values = residual[core]
+    median = float(np.median(values))
+    mad = 1.4826 * float(np.median(np.abs(values - median)))
+    mad = max(mad, 1e-6)
+    threshold = max(median + k_mad * mad, min_contrast)
+    score = np.where(core, (residual - median) / mad, 0.0).astype(np.float32)
+    above = core & (residual > threshold)
+    structure = ndimage.generate_binary_structure(scan.ndim, scan.ndim)
+    labels, n = ndimage.label(above, structure=structure)
+    mask = np.zeros_like(above)
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        voxel_mm3 = float(np.prod(spacing))
+        keep = np.flatnonzero(sizes * voxel_mm3 >= min_volume_mm3) + 1
+        if keep.size:
+            if largest_only:
+                keep = keep[[int(np.argmax(sizes[keep - 1]))]]
+            mask = np.isin(labels, keep)
+    log.info(
+        "atlas outlier: threshold %.3f (median %.3f, robust SD %.3f, k %.2f, floor %.3f), "
+        "%d components, kept %d voxels",
+        threshold,
+        median,
+        mad,
+        k_mad,
+        min_contrast,
+        n,
+        int(mask.sum()),
+    )
+    logit = np.clip((residual - threshold) / mad, -50.0, 50.0)
+    probability = np.where(core, 1.0 / (1.0 + np.exp(-logit)), 0.0)
+    probability = np.where(mask, np.maximum(probability, 0.501), np.minimum(probability, 0.49))
+    return OutlierResult(
+        mask=mask,
+        probability=probability.astype(np.float32),
+        score=score,
+        threshold=threshold,
+        components=int(n),
+    )

@@ -1,0 +1,143 @@
+"""The atlas-outlier lesion detector on images whose lesions are known by construction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_girnet.core.config import ConfigError, preset
+from napari_girnet.evaluation.metrics import dice
+from napari_girnet.evaluation.outlier import atlas_outlier_mask
+
+SHAPE = (48, 56, 48)
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _ball(center: tuple[int, int, int], radius: float) -> np.ndarray:
+    grid = np.indices(SHAPE)
+    c = np.asarray(center)[:, None, None, None]
+    return ((grid - c) ** 2).sum(0) <= radius**2
+
+
+@pytest.fixture(scope="module")
+def brain_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(healthy reference, brain mask, noise): textured 'brain' on an ellipsoid."""
+    rng = np.random.default_rng(3)
+    grid = np.indices(SHAPE).astype(float)
+    c = (np.asarray(SHAPE, float)[:, None, None, None] - 1) / 2
+    r = np.asarray([21, 25, 21], float)[:, None, None, None]
+    brain = (((grid - c) / r) ** 2).sum(0) <= 1.0
+    texture = ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5)
+    healthy = np.where(brain, 0.6 + 0.1 * texture / texture.std(), 0.0)
+    noise = np.where(brain, 0.03 * rng.normal(size=SHAPE), 0.0)
+    return healthy, brain, noise
+
+
+def test_finds_a_hypointense_lesion(brain_pair):
+    healthy, brain, noise = brain_pair
+    lesion = _ball((24, 30, 24), 6)
+    scan = np.clip(healthy + noise - 0.3 * lesion, 0, 1) * brain
+    res = atlas_outlier_mask(scan, healthy, brain, 2.0)
+    assert dice(res.mask, lesion) > 0.8
+    assert res.mask.dtype == bool and res.mask.shape == SHAPE
+    # the score is a z-score: zero outside the eroded brain, large inside the lesion
+    assert np.all(res.score[~brain] == 0)
+    assert np.median(res.score[lesion]) > 5
+    # the probability map is consistent with the mask
+    np.testing.assert_array_equal(res.probability > 0.5, res.mask)
+    assert res.probability.min() >= 0 and res.probability.max() <= 1
+    assert res.threshold >= 0.1  # the contrast floor: a near-perfect reference has a tiny MAD
+
+
+def test_polarity_selects_dark_or_bright_departures(brain_pair):
+    healthy, brain, noise = brain_pair
+    dark = _ball((18, 28, 24), 5)
+    bright = _ball((32, 34, 24), 5)
+    scan = np.clip(healthy + noise - 0.3 * dark + 0.3 * bright, 0, 1) * brain
+    hypo = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="hypo")
+    hyper = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="hyper")
+    both = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="both", largest_only=False)
+    assert dice(hypo.mask, dark) > 0.7 and not (hypo.mask & bright).any()
+    assert dice(hyper.mask, bright) > 0.7 and not (hyper.mask & dark).any()
+    assert dice(both.mask, dark | bright) > 0.7
+
+
+def test_largest_only_keeps_the_biggest_lesion_and_drops_specks(brain_pair):
+    healthy, brain, noise = brain_pair
+    big = _ball((20, 28, 24), 6)
+    small = _ball((32, 36, 24), 4)
+    scan = np.clip(healthy + noise - 0.3 * (big | small), 0, 1) * brain
+    one = atlas_outlier_mask(scan, healthy, brain, 2.0)
+    assert dice(one.mask, big) > 0.8 and not (one.mask & small).any()
+    assert one.components >= 2
+    every = atlas_outlier_mask(scan, healthy, brain, 2.0, largest_only=False)
+    assert (every.mask & small).sum() > 0.5 * small.sum()
+    # a minimum volume above the small lesion's drops it even when all components are kept
+    vol_small = small.sum() * 8.0
+    big_only = atlas_outlier_mask(
+        scan, healthy, brain, 2.0, largest_only=False, min_volume_mm3=2 * vol_small
+    )
+    assert not (big_only.mask & small).any()
+
+
+def test_healthy_scan_gives_little_or_nothing(brain_pair):
+    healthy, brain, noise = brain_pair
+    res = atlas_outlier_mask(np.clip(healthy + noise, 0, 1) * brain, healthy, brain, 2.0)
+    assert res.mask.sum() < 0.01 * brain.sum()
+
+
+def test_bad_inputs_raise_clear_errors(brain_pair):
+    healthy, brain, _ = brain_pair
+    with pytest.raises(ValueError, match="same grid"):
+        atlas_outlier_mask(healthy[:-1], healthy, brain)
+    bad = healthy.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        atlas_outlier_mask(bad, healthy, brain)
+    with pytest.raises(ValueError, match="brain mask is empty"):
+        atlas_outlier_mask(healthy, healthy, np.zeros_like(brain))
+    with pytest.raises(ValueError, match="polarity"):
+        atlas_outlier_mask(healthy, healthy, brain, polarity="dark")
+    with pytest.raises(ValueError, match="2D or 3D"):
+        atlas_outlier_mask(healthy[None], healthy[None], brain[None])
+
+
+def test_finds_the_real_glioma_against_the_histogram_matched_atlas():
+    """Real data: the TCGA glioma T1 fixture, affinely aligned to the atlas at 4 mm."""
+    import torch
+
+    from napari_girnet.core.similarity import histogram_match
+    from napari_girnet.data.atlas import load_atlas
+    from napari_girnet.data.nifti import read_nifti
+    from napari_girnet.data.preprocess import prepare_scan, to_working_grid
+
+    atlas = load_atlas("4mm")
+    prepared = prepare_scan(read_nifti(DATA / "glioma_t1_3mm.nii.gz"), atlas)
+    truth = read_nifti(DATA / "glioma_tumor_3mm.nii.gz").canonical()
+    truth = to_working_grid(truth, atlas, prepared.alignment, order=0).array > 0
+    scan = torch.from_numpy(np.asarray(prepared.image.array, np.float32))[None, None]
+    ref = torch.from_numpy(np.asarray(atlas.image.array, np.float32))[None, None]
+    brain = torch.from_numpy(np.asarray(prepared.mask.array, bool))[None, None]
+    healthy = histogram_match(ref, scan, source_mask=ref > 0, reference_mask=brain) * brain
+    res = atlas_outlier_mask(scan[0, 0].numpy(), healthy[0, 0].numpy(), brain[0, 0].numpy(), 4.0)
+    assert dice(res.mask, truth) > 0.55  # measured 0.67
+    assert 0.5 < res.mask.sum() / truth.sum() < 1.5
+
+
+def test_inference_config_validates_and_round_trips():
+    cfg = preset("cpu-2mm")
+    assert cfg.inference.detector == "auto" and cfg.inference.refine
+    changed = cfg.override(inference={"detector": "atlas-outlier", "outlier_k_mad": 2.0})
+    again = type(cfg).from_json(changed.to_json())
+    assert again.inference.detector == "atlas-outlier" and again.inference.outlier_k_mad == 2.0
+    with pytest.raises(ConfigError, match="detector"):
+        cfg.override(inference={"detector": "magic"})
+    with pytest.raises(ConfigError, match="outlier_passes"):
+        cfg.override(inference={"outlier_passes": 3})
+    # configs stored before the section existed still load, with the defaults
+    data = cfg.to_dict()
+    del data["inference"]
+    assert type(cfg).from_dict(data).inference == cfg.inference
