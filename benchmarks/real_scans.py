@@ -3,7 +3,8 @@
     python benchmarks/real_scans.py [--data-dir ../shared/data] [--out runs/real] [--preset cpu-2mm]
 
 Runs the CLI exactly as a user would (a subprocess per scan, default settings of the preset: the
-bundled model fine-tuned on the scan), then prints the table from each ``report.json``.
+bundled model, or random weights, fine-tuned on the scan), then prints the table from each
+``report.json``. Colin27 is a healthy brain: whatever mask it gets is a false positive.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CASES = {
         "glioma-tcga-du-7294/TCGA-DU-7294_t1_bet.nii.gz",
         "glioma-tcga-du-7294/TCGA-DU-7294_tumor_seg_fusion.nii.gz",
     ),
+    "colin27": ("colin27/ch2bet.nii.gz", None),  # healthy: any mask is a false positive
     "ms19": (
         "ms-lesions/patient19/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
         "ms-lesions/patient19/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
@@ -38,7 +40,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/real")
     parser.add_argument("--preset", default="cpu-2mm")
-    parser.add_argument("--cases", nargs="+", default=["ms07", "glioma"], choices=list(CASES))
+    parser.add_argument(
+        "--cases", nargs="+", default=["glioma", "ms07", "ms19", "colin27"], choices=list(CASES)
+    )
     parser.add_argument(
         "--extra",
         nargs=argparse.REMAINDER,
@@ -49,7 +53,8 @@ def main() -> None:
     data = Path(args.data_dir)
     rows = []
     for name in args.cases:
-        scan, truth = (data / p for p in CASES[name])
+        scan_rel, truth_rel = CASES[name]
+        scan = data / scan_rel
         out = Path(args.out) / name
         cmd = [
             sys.executable,
@@ -59,13 +64,13 @@ def main() -> None:
             str(scan),
             "--out",
             str(out),
-            "--truth",
-            str(truth),
             "--preset",
             args.preset,
             "--qc",
             *args.extra,
         ]
+        if truth_rel is not None:
+            cmd += ["--truth", str(data / truth_rel)]
         print("$", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         code = subprocess.call(cmd)
@@ -75,12 +80,16 @@ def main() -> None:
             continue
         rep = json.loads((out / "report.json").read_text())
         m = rep["metrics"]
+        pred_ml = rep["lesion_volume_mm3"] / 1000
+        if not m:  # healthy scan, no truth
+            rows.append((name, "-", "-", f"{pred_ml:.1f}", "0 (healthy)", f"{wall:.0f}"))
+            continue
         rows.append(
             (
                 name,
                 f"{m['dice']:.3f}",
                 f"{m['hd95_mm']:.1f}" if m["hd95_mm"] else "inf",
-                f"{m['predicted_volume_mm3'] / 1000:.1f}",
+                f"{pred_ml:.1f}",
                 f"{m['truth_volume_mm3'] / 1000:.1f}",
                 f"{wall:.0f}",
             )

@@ -761,7 +761,9 @@ def _detect(
         brain[0, 0].cpu().numpy(),
         spacing,
         smoothing_mm=icfg.outlier_smoothing_mm,
+        affine=np.asarray(prepared.image.affine) if icfg.outlier_asymmetry else None,
         k_mad=icfg.outlier_k_mad,
+        k_asym=icfg.outlier_k_asym,
         min_contrast=icfg.outlier_min_contrast,
         polarity=icfg.outlier_polarity,
         largest_only=icfg.outlier_largest_only,
@@ -777,6 +779,7 @@ def _detect(
             ),
             "reference": pass_name,
             "threshold": res.threshold,
+            "asymmetry_threshold": res.asymmetry_threshold,
             "components": res.components,
             "mask_fraction_of_brain": float(mask.sum()) / n_brain,
         }

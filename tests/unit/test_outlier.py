@@ -10,9 +10,11 @@ from scipy import ndimage
 
 from napari_girnet.core.config import ConfigError, preset
 from napari_girnet.evaluation.metrics import dice
-from napari_girnet.evaluation.outlier import atlas_outlier_mask
+from napari_girnet.evaluation.outlier import atlas_outlier_mask, mirror_left_right
 
 SHAPE = (48, 56, 48)
+# 2 mm grid whose world x = 0 is the middle of axis 0: voxel i and 47 - i are mirror images
+AFFINE = np.array([[2.0, 0, 0, -47.0], [0, 2.0, 0, -55.0], [0, 0, 2.0, -47.0], [0, 0, 0, 1]])
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -32,16 +34,22 @@ def brain_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     brain = (((grid - c) / r) ** 2).sum(0) <= 1.0
     texture = ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5)
     healthy = np.where(brain, 0.6 + 0.1 * texture / texture.std(), 0.0)
-    noise = np.where(brain, 0.03 * rng.normal(size=SHAPE), 0.0)
-    return healthy, brain, noise
+    # the scan's own anatomy differs from the atlas: smooth mismatch (what registration leaves)
+    # plus acquisition noise
+    mismatch = ndimage.gaussian_filter(rng.normal(size=SHAPE), 2.0)
+    noise = 0.06 * mismatch / mismatch.std() + 0.03 * rng.normal(size=SHAPE)
+    return healthy, brain, np.where(brain, noise, 0.0)
 
 
 def test_finds_a_hypointense_lesion(brain_pair):
     healthy, brain, noise = brain_pair
-    lesion = _ball((24, 30, 24), 6)
+    lesion = _ball((14, 30, 24), 8)
     scan = np.clip(healthy + noise - 0.3 * lesion, 0, 1) * brain
     res = atlas_outlier_mask(scan, healthy, brain, 2.0)
-    assert dice(res.mask, lesion) > 0.8
+    assert dice(res.mask, lesion) > 0.7
+    assert res.asymmetry_threshold is None
+    with_asym = atlas_outlier_mask(scan, healthy, brain, 2.0, affine=AFFINE)
+    assert dice(with_asym.mask, lesion) > 0.7 and with_asym.asymmetry_threshold is not None
     assert res.mask.dtype == bool and res.mask.shape == SHAPE
     # the score is a z-score: zero outside the eroded brain, large inside the lesion
     assert np.all(res.score[~brain] == 0)
@@ -49,29 +57,52 @@ def test_finds_a_hypointense_lesion(brain_pair):
     # the probability map is consistent with the mask
     np.testing.assert_array_equal(res.probability > 0.5, res.mask)
     assert res.probability.min() >= 0 and res.probability.max() <= 1
-    assert res.threshold >= 0.1  # the contrast floor: a near-perfect reference has a tiny MAD
+    assert res.threshold >= 0.05  # the contrast floor: a near-perfect reference has a tiny MAD
+
+
+def test_mirror_left_right_swaps_hemispheres():
+    vol = np.zeros(SHAPE)
+    vol[10, 20, 30] = 1.0
+    mirrored = mirror_left_right(vol, AFFINE)
+    assert mirrored[37, 20, 30] == pytest.approx(1.0) and mirrored.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(mirror_left_right(mirrored, AFFINE), vol, atol=1e-12)
+    with pytest.raises(ValueError, match="4x4"):
+        mirror_left_right(vol, np.eye(3))
+
+
+def test_asymmetry_rejects_departures_present_on_both_sides(brain_pair):
+    """Anatomy unlike the atlas on both sides (e.g. enlarged ventricles) is not a lesion."""
+    healthy, brain, noise = brain_pair
+    pair = _ball((14, 24, 24), 6) | _ball((33, 24, 24), 6)  # mirror images of each other
+    one_sided = _ball((16, 38, 30), 6)
+    scan = np.clip(healthy + noise - 0.3 * (pair | one_sided), 0, 1) * brain
+    plain = atlas_outlier_mask(scan, healthy, brain, 2.0, largest_only=False)
+    assert (plain.mask & pair).sum() > 0.5 * pair.sum()
+    asym = atlas_outlier_mask(scan, healthy, brain, 2.0, affine=AFFINE, largest_only=False)
+    assert (asym.mask & pair).sum() < 0.05 * pair.sum()
+    assert dice(asym.mask, one_sided) > 0.6
 
 
 def test_polarity_selects_dark_or_bright_departures(brain_pair):
     healthy, brain, noise = brain_pair
-    dark = _ball((18, 28, 24), 5)
-    bright = _ball((32, 34, 24), 5)
+    dark = _ball((14, 26, 24), 7)
+    bright = _ball((34, 38, 28), 7)
     scan = np.clip(healthy + noise - 0.3 * dark + 0.3 * bright, 0, 1) * brain
     hypo = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="hypo")
     hyper = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="hyper")
     both = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="both", largest_only=False)
-    assert dice(hypo.mask, dark) > 0.7 and not (hypo.mask & bright).any()
-    assert dice(hyper.mask, bright) > 0.7 and not (hyper.mask & dark).any()
-    assert dice(both.mask, dark | bright) > 0.7
+    assert dice(hypo.mask, dark) > 0.6 and not (hypo.mask & bright).any()
+    assert dice(hyper.mask, bright) > 0.6 and not (hyper.mask & dark).any()
+    assert dice(both.mask, dark | bright) > 0.6
 
 
 def test_largest_only_keeps_the_biggest_lesion_and_drops_specks(brain_pair):
     healthy, brain, noise = brain_pair
-    big = _ball((20, 28, 24), 6)
-    small = _ball((32, 36, 24), 4)
+    big = _ball((14, 26, 24), 8)
+    small = _ball((34, 40, 26), 4)
     scan = np.clip(healthy + noise - 0.3 * (big | small), 0, 1) * brain
     one = atlas_outlier_mask(scan, healthy, brain, 2.0)
-    assert dice(one.mask, big) > 0.8 and not (one.mask & small).any()
+    assert dice(one.mask, big) > 0.7 and not (one.mask & small).any()
     assert one.components >= 2
     every = atlas_outlier_mask(scan, healthy, brain, 2.0, largest_only=False)
     assert (every.mask & small).sum() > 0.5 * small.sum()
@@ -119,11 +150,17 @@ def test_finds_the_real_glioma_against_the_histogram_matched_atlas():
     truth = read_nifti(DATA / "glioma_tumor_3mm.nii.gz").canonical()
     truth = to_working_grid(truth, atlas, prepared.alignment, order=0).array > 0
     scan = torch.from_numpy(np.asarray(prepared.image.array, np.float32))[None, None]
-    ref = torch.from_numpy(np.asarray(atlas.image.array, np.float32))[None, None]
+    ref = torch.from_numpy(np.array(atlas.image.array, np.float32))[None, None]
     brain = torch.from_numpy(np.asarray(prepared.mask.array, bool))[None, None]
     healthy = histogram_match(ref, scan, source_mask=ref > 0, reference_mask=brain) * brain
-    res = atlas_outlier_mask(scan[0, 0].numpy(), healthy[0, 0].numpy(), brain[0, 0].numpy(), 4.0)
-    assert dice(res.mask, truth) > 0.55  # measured 0.67
+    res = atlas_outlier_mask(
+        scan[0, 0].numpy(),
+        healthy[0, 0].numpy(),
+        brain[0, 0].numpy(),
+        4.0,
+        affine=np.asarray(atlas.image.affine),
+    )
+    assert dice(res.mask, truth) > 0.55
     assert 0.5 < res.mask.sum() / truth.sum() < 1.5
 
 

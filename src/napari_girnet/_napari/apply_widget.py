@@ -138,6 +138,8 @@ class ApplyWidget(QWidget):
         self.pseudo_cases.setValue(8)
         self.refine = QCheckBox("refine with random walker")
         self.refine.setChecked(True)
+        self.detector = QComboBox()
+        self.detector.addItems(["auto", "segnet", "atlas-outlier"])
         self.stride = QSpinBox()
         self.stride.setRange(1, 64)
         self.stride.setValue(6)
@@ -165,6 +167,7 @@ class ApplyWidget(QWidget):
             (self.instance_steps, "instance_steps"),
             (self.pseudo_cases, "pseudo_cases"),
             (self.refine, "refine"),
+            (self.detector, "detector"),
             (self.stride, "stride"),
             (self.truth, "truth"),
             (self.device, "device"),
@@ -191,6 +194,7 @@ class ApplyWidget(QWidget):
         form.addRow("Fine-tune steps", self.fine_tune_steps)
         form.addRow("Registration refinement", self.instance_steps)
         form.addRow("Pseudo cases", self.pseudo_cases)
+        form.addRow("Lesion mask from", self.detector)
         form.addRow("", self.refine)
         form.addRow("Vector stride", self.stride)
         form.addRow("Ground truth", self.truth)
@@ -316,6 +320,7 @@ class ApplyWidget(QWidget):
             "model_choice": self.model.currentText(),
             "pseudo_cases": self.pseudo_cases.value() if steps > 0 else 0,
             "refine": self.refine.isChecked(),
+            "detector": self.detector.currentText(),
             "vector_stride": self._stride,
         }
         return ApplyJob(
@@ -328,6 +333,7 @@ class ApplyWidget(QWidget):
             instance_steps=self.instance_steps.value(),
             pseudo_cases=self.pseudo_cases.value(),
             refine=self.refine.isChecked(),
+            detector=self.detector.currentText(),
             truth=truth,
             device=self.device.currentText(),
             seed=self.seed.value(),

@@ -94,8 +94,15 @@ TIPS: dict[str, str] = {
     ),
     "apply.pseudo_cases": _PSEUDO + " Only used when fine-tuning.",
     "apply.refine": (
-        "Refine the lesion mask with a random walker seeded by the probability map "
-        "(GIRNet's post-processing 'PP')."
+        "Refine the lesion mask with a random walker seeded by the mask (GIRNet's "
+        "post-processing 'PP'; on by default, the paper's best setting)."
+    ),
+    "apply.detector": (
+        "Where the lesion mask comes from. 'segnet': GIRNet's SegNet (thresholded at 0.5). "
+        "'atlas-outlier': where the scan departs from the atlas warped onto it and "
+        "histogram-matched to it (what atlas-guided healthy inpainting cannot predict), "
+        "largest component. 'auto' (default): SegNet when its mask is plausible (non-empty, "
+        "under 30 % of the brain), otherwise the atlas outlier, e.g. for an untrained model."
     ),
     "apply.stride": (
         "Show one deformation vector every this many voxels along each axis (smaller = denser, "

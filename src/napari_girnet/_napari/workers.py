@@ -353,6 +353,7 @@ class ApplyJob:
     device: str
     seed: int
     instance_steps: int | None = None
+    detector: str | None = None
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,7 @@ def apply_steps(
                 device=job.device,
                 truth=job.truth,
                 refine=bool(job.refine),
+                detector=job.detector,
                 progress=progress,
             )
         except BaseException as exc:  # handed over to the worker thread below

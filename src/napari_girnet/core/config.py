@@ -320,11 +320,12 @@ class InferenceConfig:
         the atlas for a randomly initialised one).
     max_mask_fraction : float
         Largest plausible SegNet mask, as a fraction of the brain.
-    outlier_smoothing_mm, outlier_k_mad, outlier_min_contrast, outlier_polarity, \
-    outlier_largest_only
-        Parameters of the atlas-outlier detector (Gaussian sigma in mm; threshold in robust
-        SDs; smallest residual that counts, in [0, 1] intensity units; ``"hypo"``, ``"hyper"``
-        or ``"both"``; keep only the largest component).
+    outlier_smoothing_mm, outlier_k_mad, outlier_asymmetry, outlier_k_asym, \
+    outlier_min_contrast, outlier_polarity, outlier_largest_only
+        Parameters of the atlas-outlier detector (Gaussian sigma in mm; residual threshold in
+        robust SDs; require a left-right asymmetry too, and its threshold in robust SDs;
+        smallest residual / asymmetry that counts, in [0, 1] intensity units; ``"hypo"``,
+        ``"hyper"`` or ``"both"``; keep only the largest component).
     outlier_passes : int
         1: detect against the affinely aligned atlas only; 2: detect again against the atlas
         registered (instance optimisation) to the scan with the first mask filled.
@@ -337,7 +338,9 @@ class InferenceConfig:
     max_mask_fraction: float = 0.3
     outlier_smoothing_mm: float = 4.0
     outlier_k_mad: float = 1.5
-    outlier_min_contrast: float = 0.1
+    outlier_asymmetry: bool = True
+    outlier_k_asym: float = 2.0
+    outlier_min_contrast: float = 0.05
     outlier_polarity: Literal["hypo", "hyper", "both"] = "hypo"
     outlier_largest_only: bool = True
     outlier_passes: int = 2
