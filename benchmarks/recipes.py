@@ -106,7 +106,7 @@ def main() -> None:
             )
             seconds = time.perf_counter() - t0
             grid_mask = res.prediction.lesion_mask[0, 0].numpy()
-            refined = api.refine_on_grid(res.prepared, grid_mask)
+            refined, _ = api.refine_on_grid(res.prepared, grid_mask)
             rw = (
                 res.prepared.to_native(
                     res.atlas.image.with_array(refined.astype(np.float32)), order=1

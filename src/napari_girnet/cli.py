@@ -96,6 +96,17 @@ def _cmd_register(args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.out) / "checkpoint",
         refine=args.refine,
         detector=args.detector,
+        inference={
+            k: v
+            for k, v in (
+                ("outlier_polarity", args.polarity),
+                (
+                    "outlier_min_volume_mm3",
+                    None if args.min_lesion_ml is None else 1000.0 * args.min_lesion_ml,
+                ),
+            )
+            if v is not None
+        },
         progress=bar,
     )
     bar.close()
@@ -316,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="source of the lesion mask: SegNet, the scan's departure from the "
         "histogram-matched atlas, or auto (SegNet when its mask is plausible, otherwise the "
         "atlas outlier; default)",
+    )
+    p.add_argument(
+        "--polarity",
+        choices=["hypo", "hyper", "both"],
+        default=None,
+        help="atlas-outlier detector: lesions darker than healthy tissue (hypo, T1; default), "
+        "brighter (hyper: FLAIR, T2, contrast-enhanced T1) or either",
+    )
+    p.add_argument(
+        "--min-lesion-ml",
+        type=float,
+        default=None,
+        help="atlas-outlier detector: ignore candidate lesions smaller than this many mL "
+        "(default 0.1)",
     )
     p.add_argument("--qc", action="store_true", help="write qc.png, a montage of key slices")
     p.add_argument(

@@ -157,9 +157,18 @@ def test_cli_register_and_bad_input(tmp_path, capsys):
             "--truth",
             str(GLIOMA_MASK),
             "--qc",
+            "--polarity",
+            "both",
+            "--min-lesion-ml",
+            "0.5",
+            "--no-refine",
         ]
     )
     assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["inference"]["outlier_polarity"] == "both"
+    assert report["config"]["inference"]["outlier_min_volume_mm3"] == 500.0
+    assert report["provenance"]["lesion_detection"]["refine"] is False
     printed = capsys.readouterr().out
     assert "Dice" in printed and str(out.resolve()) in printed
     for name in (

@@ -45,10 +45,10 @@ def test_finds_a_hypointense_lesion(brain_pair):
     healthy, brain, noise = brain_pair
     lesion = _ball((14, 30, 24), 8)
     scan = np.clip(healthy + noise - 0.3 * lesion, 0, 1) * brain
-    res = atlas_outlier_mask(scan, healthy, brain, 2.0)
+    res = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0)
     assert dice(res.mask, lesion) > 0.7
     assert res.asymmetry_threshold is None
-    with_asym = atlas_outlier_mask(scan, healthy, brain, 2.0, affine=AFFINE)
+    with_asym = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0, affine=AFFINE)
     assert dice(with_asym.mask, lesion) > 0.7 and with_asym.asymmetry_threshold is not None
     assert res.mask.dtype == bool and res.mask.shape == SHAPE
     # the score is a z-score: zero outside the eroded brain, large inside the lesion
@@ -76,9 +76,11 @@ def test_asymmetry_rejects_departures_present_on_both_sides(brain_pair):
     pair = _ball((14, 24, 24), 6) | _ball((33, 24, 24), 6)  # mirror images of each other
     one_sided = _ball((16, 38, 30), 6)
     scan = np.clip(healthy + noise - 0.3 * (pair | one_sided), 0, 1) * brain
-    plain = atlas_outlier_mask(scan, healthy, brain, 2.0, largest_only=False)
+    plain = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0, largest_only=False)
     assert (plain.mask & pair).sum() > 0.5 * pair.sum()
-    asym = atlas_outlier_mask(scan, healthy, brain, 2.0, affine=AFFINE, largest_only=False)
+    asym = atlas_outlier_mask(
+        scan, healthy, brain, 2.0, hysteresis=1.0, affine=AFFINE, largest_only=False
+    )
     assert (asym.mask & pair).sum() < 0.05 * pair.sum()
     assert dice(asym.mask, one_sided) > 0.6
 
@@ -88,9 +90,11 @@ def test_polarity_selects_dark_or_bright_departures(brain_pair):
     dark = _ball((14, 26, 24), 7)
     bright = _ball((34, 38, 28), 7)
     scan = np.clip(healthy + noise - 0.3 * dark + 0.3 * bright, 0, 1) * brain
-    hypo = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="hypo")
-    hyper = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="hyper")
-    both = atlas_outlier_mask(scan, healthy, brain, 2.0, polarity="both", largest_only=False)
+    hypo = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0, polarity="hypo")
+    hyper = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0, polarity="hyper")
+    both = atlas_outlier_mask(
+        scan, healthy, brain, 2.0, hysteresis=1.0, polarity="both", largest_only=False
+    )
     assert dice(hypo.mask, dark) > 0.6 and not (hypo.mask & bright).any()
     assert dice(hyper.mask, bright) > 0.6 and not (hyper.mask & dark).any()
     assert dice(both.mask, dark | bright) > 0.6
@@ -101,10 +105,10 @@ def test_largest_only_keeps_the_biggest_lesion_and_drops_specks(brain_pair):
     big = _ball((14, 26, 24), 8)
     small = _ball((34, 40, 26), 4)
     scan = np.clip(healthy + noise - 0.3 * (big | small), 0, 1) * brain
-    one = atlas_outlier_mask(scan, healthy, brain, 2.0)
+    one = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0)
     assert dice(one.mask, big) > 0.7 and not (one.mask & small).any()
     assert one.components >= 2
-    every = atlas_outlier_mask(scan, healthy, brain, 2.0, largest_only=False)
+    every = atlas_outlier_mask(scan, healthy, brain, 2.0, hysteresis=1.0, largest_only=False)
     assert (every.mask & small).sum() > 0.5 * small.sum()
     # a minimum volume above the small lesion's drops it even when all components are kept
     vol_small = small.sum() * 8.0
@@ -116,8 +120,24 @@ def test_largest_only_keeps_the_biggest_lesion_and_drops_specks(brain_pair):
 
 def test_healthy_scan_gives_little_or_nothing(brain_pair):
     healthy, brain, noise = brain_pair
-    res = atlas_outlier_mask(np.clip(healthy + noise, 0, 1) * brain, healthy, brain, 2.0)
+    res = atlas_outlier_mask(
+        np.clip(healthy + noise, 0, 1) * brain, healthy, brain, 2.0, hysteresis=1.0
+    )
     assert res.mask.sum() < 0.01 * brain.sum()
+
+
+def test_hysteresis_grows_the_lesion_into_its_weaker_rim(brain_pair):
+    healthy, brain, noise = brain_pair
+    core = _ball((14, 28, 24), 5)
+    lesion = _ball((14, 28, 24), 9)
+    scan = np.clip(healthy + noise - 0.35 * core - 0.12 * (lesion & ~core), 0, 1) * brain
+    strict = atlas_outlier_mask(scan, healthy, brain, 2.0, affine=AFFINE, hysteresis=1.0)
+    grown = atlas_outlier_mask(scan, healthy, brain, 2.0, affine=AFFINE, hysteresis=0.5)
+    assert strict.mask.sum() < 0.6 * lesion.sum()
+    assert grown.mask.sum() > strict.mask.sum()
+    assert dice(grown.mask, lesion) > dice(strict.mask, lesion)
+    # growing never adds components that have no strong core
+    assert (grown.mask & strict.mask).sum() == strict.mask.sum()
 
 
 def test_bad_inputs_raise_clear_errors(brain_pair):

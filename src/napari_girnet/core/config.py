@@ -321,16 +321,23 @@ class InferenceConfig:
     max_mask_fraction : float
         Largest plausible SegNet mask, as a fraction of the brain.
     outlier_smoothing_mm, outlier_k_mad, outlier_asymmetry, outlier_k_asym, \
-    outlier_min_contrast, outlier_polarity, outlier_largest_only
+    outlier_min_contrast, outlier_polarity, outlier_largest_only, outlier_min_volume_mm3
         Parameters of the atlas-outlier detector (Gaussian sigma in mm; residual threshold in
         robust SDs; require a left-right asymmetry too, and its threshold in robust SDs;
         smallest residual / asymmetry that counts, in [0, 1] intensity units; ``"hypo"``,
-        ``"hyper"`` or ``"both"``; keep only the largest component).
+        ``"hyper"`` or ``"both"``; keep only the largest component; smallest component kept,
+        in mm^3 — raise it to ignore candidates smaller than the lesions you look for).
+    outlier_hysteresis : float
+        The kept components grow into the connected region passing this fraction of the
+        thresholds (1 = off).
     outlier_passes : int
         1: detect against the affinely aligned atlas only; 2: detect again against the atlas
         registered (instance optimisation) to the scan with the first mask filled.
     refine : bool
         Random-walker refinement of the final mask (GIRNet's "PP").
+    refine_max_growth : float
+        A refinement that grows the mask more than this factor has leaked across weak edges
+        and is rejected (the unrefined mask is kept).
     """
 
     detector: Literal["auto", "segnet", "atlas-outlier"] = "auto"
@@ -343,6 +350,9 @@ class InferenceConfig:
     outlier_min_contrast: float = 0.05
     outlier_polarity: Literal["hypo", "hyper", "both"] = "hypo"
     outlier_largest_only: bool = True
+    outlier_min_volume_mm3: float = 100.0
+    outlier_hysteresis: float = 0.75
+    refine_max_growth: float = 2.0
     outlier_passes: int = 2
     refine: bool = True
 
@@ -361,6 +371,12 @@ class InferenceConfig:
             raise ConfigError("inference.max_mask_fraction must be in (0, 1]")
         if self.outlier_smoothing_mm < 0:
             raise ConfigError("inference.outlier_smoothing_mm must be >= 0")
+        if self.outlier_min_volume_mm3 < 0:
+            raise ConfigError("inference.outlier_min_volume_mm3 must be >= 0")
+        if not 0.0 < self.outlier_hysteresis <= 1.0:
+            raise ConfigError("inference.outlier_hysteresis must be in (0, 1]")
+        if self.refine_max_growth < 1.0:
+            raise ConfigError("inference.refine_max_growth must be >= 1")
         if self.outlier_passes not in (1, 2):
             raise ConfigError("inference.outlier_passes must be 1 or 2")
 

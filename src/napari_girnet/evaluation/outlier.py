@@ -124,6 +124,7 @@ def atlas_outlier_mask(
     erode_mm: float = 4.0,
     min_volume_mm3: float = 100.0,
     largest_only: bool = True,
+    hysteresis: float = 0.75,
 ) -> OutlierResult:
     """Lesion mask where the scan departs from the healthy (atlas) reference.
 
@@ -138,7 +139,8 @@ def atlas_outlier_mask(
     smoothed scan's asymmetry (mirror minus voxel for "hypo") above ``k_asym`` robust SDs and
     ``min_contrast``. Then connected components (26-connectivity in 3D) of at least
     ``min_volume_mm3``; the largest one (``largest_only``, a single lesion such as a tumour or a
-    stroke) or all of them.
+    stroke) or all of them; finally hysteresis: the kept components grow into the connected
+    region that passes the thresholds scaled by ``hysteresis``.
 
     Parameters
     ----------
@@ -174,6 +176,10 @@ def atlas_outlier_mask(
         Components smaller than this are dropped.
     largest_only : bool
         Keep only the largest component.
+    hysteresis : float
+        Hysteresis thresholding: the kept components grow into the connected region that
+        passes ``hysteresis`` times the thresholds ``k_mad`` / ``k_asym`` (1 = off). The strong
+        thresholds decide *whether* there is a lesion, the weak ones *how far* it extends.
 
     Returns
     -------
@@ -215,11 +221,13 @@ def atlas_outlier_mask(
     threshold = max(median + k_mad * mad, min_contrast)
     score = np.where(core, (residual - median) / mad, 0.0).astype(np.float32)
     above = core & (residual > threshold)
+    weak = core & (residual > max(median + hysteresis * k_mad * mad, min_contrast))
     asym_threshold = None
     if asym is not None:
         a_median, a_mad = _robust(asym[core])
         asym_threshold = max(a_median + k_asym * a_mad, min_contrast)
         above &= asym > asym_threshold
+        weak &= asym > max(a_median + hysteresis * k_asym * a_mad, min_contrast)
     structure = ndimage.generate_binary_structure(scan.ndim, scan.ndim)
     labels, n = ndimage.label(above, structure=structure)
     mask = np.zeros_like(above)
@@ -231,6 +239,11 @@ def atlas_outlier_mask(
             if largest_only:
                 keep = keep[[int(np.argmax(sizes[keep - 1]))]]
             mask = np.isin(labels, keep)
+    if mask.any() and hysteresis < 1.0:
+        # hysteresis: grow the kept components within the weaker outlier region around them
+        weak_labels, _ = ndimage.label(weak | mask, structure=structure)
+        grown = np.unique(weak_labels[mask])
+        mask = np.isin(weak_labels, grown[grown > 0])
     log.info(
         "atlas outlier: residual threshold %.3f (median %.3f, robust SD %.3f), asymmetry "
         "threshold %s, %d components, kept %d voxels",
