@@ -212,6 +212,9 @@ def bundled_model_path(preset_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+_RANDOM_MODEL = "randomly initialised (no bundled model for this preset)"
+
+
 def _load_model(model: ModelLike, cfg: GIRNetConfig) -> tuple[GIRNet, str | None, str]:
     """(model, sha256 of the checkpoint or None, description)."""
     if isinstance(model, GIRNet):
@@ -220,7 +223,7 @@ def _load_model(model: ModelLike, cfg: GIRNetConfig) -> tuple[GIRNet, str | None
         path = bundled_model_path(cfg.preset)
         if path is None:
             seed_everything(cfg.runtime.seed)
-            return GIRNet(cfg), None, "randomly initialised (no bundled model for this preset)"
+            return GIRNet(cfg), None, _RANDOM_MODEL
         model = path
     if isinstance(model, Checkpoint):
         return GIRNet.from_checkpoint(model), None, "checkpoint object"
@@ -271,9 +274,7 @@ class FitSession:
         in the worker thread.
         """
         p = self.prepared[index]
-        volumes = _map_back(prediction, p, self.atlas, p.native, refine=False)
-        volumes.pop("refine_info")
-        return volumes
+        return _map_back(prediction, p, self.atlas, p.native)
 
     def run(self, progress: Callable[[TrainingReport], None] | None = None) -> TrainingReport:
         """Train to the end (or until stopped); returns the final report."""
@@ -636,11 +637,11 @@ def register(
     brain_t = torch.from_numpy(np.asarray(prepared.mask.array, dtype=bool))[None, None]
     brain_t = brain_t.to(runtime.device)
     icfg = cfg.inference
-    untrained = desc.startswith("randomly initialised")
+    untrained = desc == _RANDOM_MODEL
     fill_mode = icfg.fill if icfg.fill != "auto" else ("atlas" if untrained else "inpnet")
 
     t0 = time.perf_counter()
-    detection = _detect(net, scan_t, atlas_t, brain_t, prepared, cfg, pass_name="affine atlas")
+    detection = _detect(net, scan_t, atlas_t, brain_t, prepared, cfg)
     timings["detect_s"] = time.perf_counter() - t0
 
     fields = None
@@ -657,18 +658,15 @@ def register(
             t0 = time.perf_counter()
             with torch.no_grad():
                 warped = warp(atlas_t, fields.phi_ts)
-            first_reason = detection.info.get("reason")
-            detection = _detect(
-                net,
+            detection = _outlier_detection(
                 scan_t,
                 warped,
                 brain_t,
                 prepared,
                 cfg,
-                pass_name="atlas registered to the scan with the first-pass mask filled",
-                force="atlas-outlier",
+                detection.info,
+                reference="atlas registered to the scan with the first-pass mask filled",
             )
-            detection.info["reason"] = first_reason
             timings["detect_s"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = net.predict_volume(scan_t, atlas_t, autocast=runtime.autocast, fields=fields)
@@ -684,10 +682,13 @@ def register(
 
     t0 = time.perf_counter()
     do_refine = icfg.refine if refine is None else bool(refine)
-    result = _map_back(
-        pred, prepared, atlas_obj, scan_vol, refine=do_refine, max_growth=icfg.refine_max_growth
-    )
-    refine_info = result.pop("refine_info")
+    refine_info: dict[str, Any] = {"refine": "off", "growth": 1.0}
+    if do_refine:
+        refined, refine_info = refine_on_grid(
+            prepared, pred.lesion_mask[0, 0].numpy(), icfg.refine_max_growth
+        )
+        pred = replace(pred, lesion_mask=torch.from_numpy(refined)[None, None])
+    result = _map_back(pred, prepared, atlas_obj, scan_vol)
     timings["map_back_s"] = time.perf_counter() - t0
     result_metrics: dict[str, Any] = {}
     if truth_vol is not None:
@@ -732,52 +733,75 @@ class _Detection:
     info: dict[str, Any]
 
 
+def _matched_atlas(
+    atlas_on_scan: torch.Tensor, scan_t: torch.Tensor, reference_mask: torch.Tensor
+) -> torch.Tensor:
+    """``T^M``: the atlas on the scan, histogram-matched to the scan inside ``reference_mask``."""
+    from .core.similarity import histogram_match
+
+    with torch.no_grad():
+        return histogram_match(
+            atlas_on_scan.float(),
+            scan_t.float(),
+            source_mask=atlas_on_scan > 0,
+            reference_mask=reference_mask,
+        )
+
+
 def _detect(
     net: GIRNet,
     scan_t: torch.Tensor,
-    reference: torch.Tensor,
+    atlas_t: torch.Tensor,
     brain_t: torch.Tensor,
     prepared: PreparedScan,
     cfg: GIRNetConfig,
-    pass_name: str,
-    force: str | None = None,
 ) -> _Detection:
-    """Lesion mask from SegNet or from the atlas outlier (``cfg.inference``).
+    """First-pass lesion mask: SegNet's, or the atlas outlier against the affine atlas.
 
-    ``reference`` is the atlas on the scan (affinely aligned, or registered); it is
-    histogram-matched to the scan inside the brain before the comparison.
+    ``cfg.inference.detector`` chooses; ``"auto"`` takes SegNet's mask when it is plausible.
     """
-    from .core.similarity import histogram_match
-    from .evaluation.outlier import atlas_outlier_mask
-
     icfg = cfg.inference
     brain = brain_t.bool()
-    n_brain = max(int(brain.sum()), 1)
     with torch.no_grad():
         prob = net.segment(scan_t).float()
     seg_mask = (prob > cfg.loss.mask_threshold) & brain
-    frac = float(seg_mask.sum()) / n_brain
+    frac = float(seg_mask.sum()) / max(int(brain.sum()), 1)
     plausible = 0.0 < frac < icfg.max_mask_fraction
-    source = force or icfg.detector
+    source = icfg.detector
     if source == "auto":
         source = "segnet" if plausible else "atlas-outlier"
     info: dict[str, Any] = {"segnet_mask_fraction_of_brain": frac, "source": source}
     if source == "segnet":
         info["reason"] = "SegNet mask" if plausible else "SegNet mask (forced; implausible)"
         return _Detection(prob * brain, seg_mask, "segnet", info)
-    with torch.no_grad():
-        healthy = (
-            histogram_match(
-                reference.float(), scan_t.float(), source_mask=reference > 0, reference_mask=brain
-            )
-            * brain
-        )
-    spacing = tuple(float(s) for s in prepared.image.spacing)
+    info["reason"] = (
+        "requested" if icfg.detector == "atlas-outlier" else "SegNet mask empty or implausible"
+    )
+    return _outlier_detection(
+        scan_t, atlas_t, brain_t, prepared, cfg, info, reference="affine atlas"
+    )
+
+
+def _outlier_detection(
+    scan_t: torch.Tensor,
+    atlas_on_scan: torch.Tensor,
+    brain_t: torch.Tensor,
+    prepared: PreparedScan,
+    cfg: GIRNetConfig,
+    info: dict[str, Any],
+    reference: str,
+) -> _Detection:
+    """The atlas outlier (``cfg.inference``) against ``atlas_on_scan``; ``info`` is extended."""
+    from .evaluation.outlier import atlas_outlier_mask
+
+    icfg = cfg.inference
+    brain = brain_t.bool()
+    healthy = _matched_atlas(atlas_on_scan, scan_t, brain) * brain
     res = atlas_outlier_mask(
         scan_t[0, 0].cpu().numpy(),
         healthy[0, 0].cpu().numpy(),
         brain[0, 0].cpu().numpy(),
-        spacing,
+        tuple(float(s) for s in prepared.image.spacing),
         smoothing_mm=icfg.outlier_smoothing_mm,
         affine=np.asarray(prepared.image.affine) if icfg.outlier_asymmetry else None,
         k_mad=icfg.outlier_k_mad,
@@ -789,22 +813,17 @@ def _detect(
         hysteresis=icfg.outlier_hysteresis,
     )
     mask = torch.from_numpy(res.mask)[None, None].to(scan_t.device)
-    p = torch.from_numpy(res.probability)[None, None].to(scan_t.device)
-    info.update(
-        {
-            "reason": (
-                "requested"
-                if (force or icfg.detector) == "atlas-outlier"
-                else "SegNet mask empty or implausible"
-            ),
-            "reference": pass_name,
-            "threshold": res.threshold,
-            "asymmetry_threshold": res.asymmetry_threshold,
-            "components": res.components,
-            "mask_fraction_of_brain": float(mask.sum()) / n_brain,
-        }
-    )
-    return _Detection(p.float(), mask, "atlas-outlier", info)
+    probability = torch.from_numpy(res.probability)[None, None].to(scan_t.device)
+    info = {
+        **info,
+        "source": "atlas-outlier",
+        "reference": reference,
+        "threshold": res.threshold,
+        "asymmetry_threshold": res.asymmetry_threshold,
+        "components": res.components,
+        "mask_fraction_of_brain": float(mask.sum()) / max(int(brain.sum()), 1),
+    }
+    return _Detection(probability.float(), mask, "atlas-outlier", info)
 
 
 def _fill(
@@ -816,22 +835,14 @@ def _fill(
     mode: str,
 ) -> torch.Tensor:
     """The scan with ``mask`` filled by InpNet (``"inpnet"``) or by ``T^M`` (``"atlas"``)."""
-    from .core.similarity import histogram_match
-
     m = mask.float()
     if not bool(mask.any()):
         return scan_t.clone()
-    with torch.no_grad():
-        if mode == "inpnet":
+    if mode == "inpnet":
+        with torch.no_grad():
             return net.inpaint(scan_t, m, atlas_warped, keep_outside=True)
-        brain = brain_t.bool()
-        healthy = histogram_match(
-            atlas_warped.float(),
-            scan_t.float(),
-            source_mask=atlas_warped > 0,
-            reference_mask=brain & ~mask.bool(),
-        )
-        return scan_t * (1 - m) + healthy * m
+    healthy = _matched_atlas(atlas_warped, scan_t, brain_t.bool() & ~mask.bool())
+    return scan_t * (1 - m) + healthy * m
 
 
 def _instance_optimise(
@@ -903,12 +914,7 @@ def refine_on_grid(
 
 
 def _map_back(
-    pred: Prediction,
-    prepared: PreparedScan,
-    atlas: Atlas,
-    scan: Volume,
-    refine: bool,
-    max_growth: float = 2.0,
+    pred: Prediction, prepared: PreparedScan, atlas: Atlas, scan: Volume
 ) -> dict[str, Any]:
     """Working-grid prediction -> native-grid volumes, atlas-grid volume, world-mm fields."""
     grid = atlas.image
@@ -919,11 +925,7 @@ def _map_back(
     prob = prepared.to_native(on_grid(pred.lesion_probability, "lesion_probability"), order=1)
     brain = prepared.native_mask.array.astype(bool)
     prob_arr = np.where(brain, prob.array, 0.0).astype(np.float32)
-    mask_on_grid = pred.lesion_mask[0, 0].numpy().astype(bool)
-    refine_info: dict[str, Any] = {"refine": "off", "growth": 1.0}
-    if refine:
-        mask_on_grid, refine_info = refine_on_grid(prepared, mask_on_grid, max_growth)
-    mask_grid = grid.with_array(mask_on_grid.astype(np.float32), name="lesion_mask")
+    mask_grid = on_grid(pred.lesion_mask.float(), "lesion_mask")
     mask_arr = (prepared.to_native(mask_grid, order=1).array > 0.5) & brain
     inpainted_norm = prepared.to_native(on_grid(pred.inpainted, "inpainted"), order=1).array
     native = scan.array.astype(np.float32)
@@ -947,7 +949,6 @@ def _map_back(
         "field_atlas_to_scan": full,
         "field_nonlinear": nonlinear,
         "field_scan_to_atlas": scan_to_atlas_field(phi_st, grid, matrix),
-        "refine_info": refine_info,
     }
 
 

@@ -223,6 +223,7 @@ def atlas_outlier_mask(
     above = core & (residual > threshold)
     weak = core & (residual > max(median + hysteresis * k_mad * mad, min_contrast))
     asym_threshold = None
+    a_mad = 1.0
     if asym is not None:
         a_median, a_mad = _robust(asym[core])
         asym_threshold = max(a_median + k_asym * a_mad, min_contrast)
@@ -256,7 +257,7 @@ def atlas_outlier_mask(
     )
     logit = (residual - threshold) / mad
     if asym is not None:
-        logit = np.minimum(logit, (asym - asym_threshold) / _robust(asym[core])[1])
+        logit = np.minimum(logit, (asym - asym_threshold) / a_mad)
     logit = np.clip(logit, -50.0, 50.0)
     probability = np.where(core, 1.0 / (1.0 + np.exp(-logit)), 0.0)
     probability = np.where(mask, np.maximum(probability, 0.501), np.minimum(probability, 0.49))
