@@ -37,6 +37,10 @@ from napari_girnet.datasets.build import (
     build_ms_patient,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_raw_sample import LICENCE_ROWS
+from make_raw_sample import build as build_raw_sample
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "napari_girnet" / "datasets" / "files"
 RESOLUTION = "2mm"
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     save(Volume(aal.array.astype(np.uint8), aal.affine), "colin27_aal.nii.gz")
     notes["colin"] = describe_alignment(dict(colin.meta))
     say(f"colin27: {notes['colin']}")
+    build_raw_sample(args.data_dir, out)  # colin27_raw: ch2 with skull, own 2 mm grid
+    written += ["colin27_raw_t1.nii.gz", "colin27_raw_brain_mask.nii.gz"]
 
     # ---------------------------------------------------------------- MS patients with T1
     ms_volumes: dict[str, tuple[Volume, Volume]] = {}
@@ -205,6 +211,7 @@ def write_licences(
         "| `colin27_aal.nii.gz` | `colin27/aal.nii.gz` (AAL, 116 regions drawn on Colin27) | "
         "same mapping, nearest neighbour |",
         "| `aal_labels.txt` | `colin27/aal.nii.txt` (index, name, code) | verbatim copy |",
+        *LICENCE_ROWS,
         "",
         "Licence: " + COLIN_LICENCE,
         "",
@@ -285,6 +292,8 @@ napari sample data, the CLI demo, tests and the pseudo-case generator. Load them
 the loaders return float32 [0, 1] images and bool masks.
 
 Images are stored as uint8 `round(255 x intensity)`; masks and labels as uint8.
+Exception: the raw sample `colin27_raw_*` (Colin27 with skull, for the raw-scan path; built by
+`tools/make_raw_sample.py`) lies on its own 2 mm grid (91 x 109 x 91), not the working grid.
 Sources, transformations, licences and citations of every file: `LICENSES.md`.
 
 Rebuild (needs the raw data, a few minutes): `python tools/make_datasets.py --data-dir

@@ -3,7 +3,8 @@
 Every layer carries the girnet geometry metadata of
 :func:`~napari_girnet._napari.layers.volume_to_layer_data` plus ``"licence"`` and
 ``"description"`` under ``metadata["girnet"]``. All volumes are on the 2 mm atlas working grid
-(80 x 96 x 80, MNI152 space), so they overlay each other.
+(80 x 96 x 80, MNI152 space), so they overlay each other; the exception is the raw sample
+(Colin27 with skull, on its own 2 mm grid in the MNI frame: it overlays them by world position).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 
 from napari_girnet._napari.layers import LayerDataTuple, volume_to_layer_data
 
-__all__ = ["glioma", "mni152_2mm", "ms07", "ms19"]
+__all__ = ["colin27_raw", "glioma", "mni152_2mm", "ms07", "ms19"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +89,30 @@ def ms07() -> list[LayerDataTuple]:
 def ms19() -> list[LayerDataTuple]:
     """Multiple-sclerosis patient 19 T1 (Image) and consensus lesion mask (Labels), 2 mm."""
     return _sample("ms19", "MS19 T1", "MS19 lesions (truth)")
+
+
+def colin27_raw() -> list[LayerDataTuple]:
+    """Colin27 T1 with skull (Image, own 2 mm grid) and its reference brain mask (Labels)."""
+    from napari_girnet.datasets import load_sample
+
+    sample = load_sample("colin27_raw")
+    info = {"licence": sample.licence, "description": sample.description, "sample": sample.name}
+    layers = [
+        volume_to_layer_data(
+            sample.scan,
+            "Colin27 T1 with skull",
+            contrast_limits=(0.0, 1.0),
+            metadata={"girnet": dict(info)},
+        )
+    ]
+    if sample.brain_mask is not None:
+        layers.append(
+            volume_to_layer_data(
+                sample.brain_mask,
+                "Colin27 brain mask (reference)",
+                kind="labels",
+                opacity=0.3,
+                metadata={"girnet": {**info, "role": "reference brain mask"}},
+            )
+        )
+    return layers

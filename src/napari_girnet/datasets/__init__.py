@@ -45,6 +45,7 @@ from napari_girnet.data.volume import Volume
 __all__ = [
     "MS_APPEARANCE_DONOR",
     "MS_MASK_PATIENTS",
+    "RAW_SAMPLES",
     "SAMPLES",
     "DatasetError",
     "Sample",
@@ -59,8 +60,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Names accepted by :func:`load_sample`.
+#: Pathological samples of :func:`load_sample` (on the 2 mm working grid, with a lesion truth).
 SAMPLES: tuple[str, ...] = ("glioma", "ms07", "ms19")
+#: Raw samples of :func:`load_sample`: healthy T1 heads with skull on their own grid (not the
+#: working grid), no lesion truth, a reference ``brain_mask``; for the raw-scan path
+#: (:mod:`napari_girnet.data.skullstrip`).
+RAW_SAMPLES: tuple[str, ...] = ("colin27_raw",)
 #: Two-digit ids of the bundled MS masks (``files/ms_masks/patientNN.nii.gz``).
 MS_MASK_PATIENTS: tuple[str, ...] = tuple(f"{i:02d}" for i in range(1, 21))
 #: Patient whose T1 and lesion intensities give the appearance of each MS mask: its own T1 for
@@ -107,6 +112,19 @@ _SAMPLE_INFO: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+_RAW_SAMPLE_INFO: dict[str, tuple[str, str, str, str]] = {
+    # name: (scan file, reference brain mask file, description, licence)
+    "colin27_raw": (
+        "colin27_raw_t1.nii.gz",
+        "colin27_raw_brain_mask.nii.gz",
+        "Colin27 T1 with skull, scalp and neck (healthy; ch2 of mricron-data), 2 mm block "
+        "average on its own grid (91 x 109 x 91, MNI/SPM frame, not skull-stripped, not on the "
+        "working grid); reference brain mask: ch2bet > 0",
+        "Colin27: MNI/McGill permissive notice",
+    ),
+}
+
+
 class DatasetError(ValueError):
     """Unknown dataset name, or a bundled file that is missing or not as expected."""
 
@@ -127,6 +145,8 @@ class Sample:
         What the scan and the truth are.
     licence : str
         Licence and citation.
+    brain_mask : Volume or None
+        Reference brain mask (bool, scan's grid) of a raw sample (:data:`RAW_SAMPLES`).
     """
 
     name: str
@@ -134,6 +154,14 @@ class Sample:
     truth: Volume | None
     description: str
     licence: str
+    brain_mask: Volume | None = None
+
+    @property
+    def lesion(self) -> Volume:
+        """``truth``, for the lesion samples of :data:`SAMPLES` (raises for a raw sample)."""
+        if self.truth is None:
+            raise DatasetError(f"sample {self.name!r} has no lesion mask")
+        return self.truth
 
 
 # --------------------------------------------------------------------------- files
@@ -186,7 +214,9 @@ def load_sample(name: str) -> Sample:
     Parameters
     ----------
     name : str
-        One of :data:`SAMPLES`: ``"glioma"``, ``"ms07"``, ``"ms19"``.
+        One of :data:`SAMPLES`: ``"glioma"``, ``"ms07"``, ``"ms19"`` (T1 on the 2 mm working
+        grid, lesion truth), or of :data:`RAW_SAMPLES`: ``"colin27_raw"`` (T1 with skull on
+        its own 2 mm grid, values in [0, 1]; ``truth`` None, reference ``brain_mask``).
 
     Returns
     -------
@@ -198,13 +228,25 @@ def load_sample(name: str) -> Sample:
     DatasetError
         (a ``ValueError``) for an unknown name; the message lists the valid ones.
     """
-    if name not in _SAMPLE_INFO:
-        raise DatasetError(f"unknown sample {name!r}; valid samples: {', '.join(SAMPLES)}")
+    if name not in _SAMPLE_INFO and name not in _RAW_SAMPLE_INFO:
+        raise DatasetError(
+            f"unknown sample {name!r}; valid samples: {', '.join(SAMPLES + RAW_SAMPLES)}"
+        )
     return _load_sample(name)
 
 
 @functools.lru_cache(maxsize=8)
 def _load_sample(name: str) -> Sample:
+    if name in _RAW_SAMPLE_INFO:
+        scan_file, mask_file, description, licence = _RAW_SAMPLE_INFO[name]
+        return Sample(
+            name=name,
+            scan=_image(scan_file, name),
+            truth=None,
+            description=description,
+            licence=licence,
+            brain_mask=_mask(mask_file, f"{name} brain mask (reference)"),
+        )
     scan_file, truth_file, description, licence = _SAMPLE_INFO[name]
     return Sample(
         name=name,
@@ -282,7 +324,7 @@ def _donor_appearance(pid: str, mask: np.ndarray, donor: Sample) -> np.ndarray:
     pasted lesion has the donor's lesion intensity distribution and a little spatial texture.
     """
     t1 = np.asarray(donor.scan.array, dtype=np.float32)
-    values = _lesion_values(t1, np.asarray(donor.truth.array, dtype=bool))
+    values = _lesion_values(t1, np.asarray(donor.lesion.array, dtype=bool))
     rng = np.random.default_rng(int(pid))
     noise = ndi.gaussian_filter(rng.standard_normal(mask.shape), sigma=1.0)[mask]
     ranks = np.argsort(np.argsort(noise, kind="stable"), kind="stable")
@@ -301,7 +343,7 @@ def _all_lesions() -> tuple[LesionSource, ...]:
         donor_id = MS_APPEARANCE_DONOR[pid]
         donor = load_sample(f"ms{donor_id}")
         if donor_id == pid:
-            mask = donor.truth
+            mask = donor.lesion
             appearance = donor.scan
             description = (
                 f"MS patient {pid} (open_ms_data): consensus lesion mask and the patient's own "
@@ -323,7 +365,7 @@ def _all_lesions() -> tuple[LesionSource, ...]:
         LesionSource(
             "glioma",
             "glioma",
-            glioma.truth,
+            glioma.lesion,
             glioma.scan,
             "TCGA-DU-7294 low-grade glioma: fused BraTS-2020 tumour mask (all labels) and the "
             "patient's own T1 intensities",
@@ -420,9 +462,9 @@ def case_sources(
         )
     from napari_girnet.datasets import build
 
-    colin, aal = build.build_colin27(data_dir, "1mm")
+    colin_1mm, aal = build.build_colin27(data_dir, "1mm")
     brains = [
-        SourceBrain("colin27", colin, aal),
+        SourceBrain("colin27", colin_1mm, aal),
         dataclasses.replace(atlas_source_brain("1mm"), labels=aal),
     ]
     sources: list[LesionSource] = []
@@ -435,7 +477,7 @@ def case_sources(
         for pid in MS_MASK_PATIENTS:
             donor = donors[MS_APPEARANCE_DONOR[pid]]
             if pid in donors:
-                sources.append(LesionSource(f"ms{pid}", "ms", donor.truth, donor.scan))
+                sources.append(LesionSource(f"ms{pid}", "ms", donor.lesion, donor.scan))
                 continue
             mask = masks[pid]
             appearance = donor.scan.with_array(
