@@ -1,8 +1,9 @@
 """Tests of napari_girnet.data.preprocess on the small real fixtures in tests/data.
 
-Measured on these 3 mm fixtures (affine to the full atlas at 2 mm, Dice on the 2 mm working
-grid): glioma (LPS) 0.944, MS07 (LAS) 0.948, Colin27 0.955; round trip to the working grid and
-back: correlation 0.98-0.99 inside the brain. Thresholds below are these minus a margin.
+Measured on these 3 mm fixtures (``prepare_scan``: affine to the full atlas, pyramid 12 / 6 / 3
+mm, Dice on the 2 mm working grid): glioma (LPS) 0.935, MS07 (LAS) 0.942, Colin27 0.952; round
+trip to the working grid and back: correlation 0.98-0.99 inside the brain. Thresholds below are
+these minus a margin.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from scipy import ndimage as ndi
 
 from napari_girnet.data.atlas import Atlas, load_atlas
 from napari_girnet.data.preprocess import (
+    ALIGNMENT_MIN_QUALITY,
     AffineAlignment,
     PreparedScan,
     PreprocessError,
@@ -32,7 +34,7 @@ from napari_girnet.data.volume import Volume
 from napari_girnet.evaluation.metrics import dice
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-DICE_MIN = 0.92  # measured 0.944 (glioma) and 0.948 (MS07)
+DICE_MIN = 0.92  # measured 0.935 (glioma) and 0.942 (MS07)
 
 
 def read(name: str, canonical: bool = True) -> Volume:
@@ -208,6 +210,10 @@ def test_alignment_inverse_and_points() -> None:
     np.testing.assert_allclose(al.map_points([[0, 0, 0]]), [[5, -3, 2]])
     with pytest.raises(PreprocessError):
         AffineAlignment(np.zeros((4, 4)))
+    graded = AffineAlignment(matrix, quality=0.5, init="header", init_rotation_deg=30.0)
+    assert not graded.ok and graded.inverse().quality == 0.5
+    assert graded.inverse().init == "header" and graded.inverse().init_rotation_deg == 30.0
+    assert AffineAlignment(matrix).ok  # no quality measured: not flagged
 
 
 @pytest.mark.parametrize("key", ["glioma", "ms07"])
@@ -248,8 +254,10 @@ def test_affine_align_deterministic(atlas2: Atlas) -> None:
     a = affine_align(scan, atlas2.image, **kwargs)
     b = affine_align(scan, atlas2.image, **kwargs)
     np.testing.assert_array_equal(a.matrix, b.matrix)
-    assert a.stages == ("similarity", "affine")
+    assert a.stages == ("search", "similarity", "affine")
     assert a.iterations > 0 and np.isfinite(a.metric_value)
+    assert a.init == b.init and a.quality == b.quality
+    assert a.quality >= DICE_MIN and a.ok
 
 
 def test_affine_align_recovers_known_shift() -> None:
@@ -276,3 +284,97 @@ def test_affine_align_errors(atlas2: Atlas) -> None:
         affine_align(scan, atlas2.image, shrink_factors=(2, 1), smoothing_sigmas=(1.0,))
     with pytest.raises(PreprocessError, match="grid"):
         affine_align(scan, atlas2.image, moving_mask=atlas2.mask)
+
+
+# --------------------------------------------------------------------------- hostile geometry
+def _turned(degrees: tuple[float, float, float]) -> np.ndarray:
+    """4x4 rotation ``Rz @ Ry @ Rx`` (degrees about the x, y, z world axes)."""
+    rx, ry, rz = np.radians(degrees)
+    out = np.eye(4)
+    out[:3, :3] = (
+        np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+        @ np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+        @ np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    )
+    return out
+
+
+def _about_centre(volume: Volume, motion: np.ndarray) -> np.ndarray:
+    """``motion`` (4x4) applied about the centre of ``volume``'s grid."""
+    centre = volume.voxel_to_world((np.asarray(volume.shape) - 1) / 2.0)[0]
+    out = motion.copy()
+    out[:3, 3] = centre - motion[:3, :3] @ centre
+    return out
+
+
+def _mean_point_error(a: np.ndarray, b: np.ndarray, mask: Volume) -> float:
+    """Mean distance (mm) between two atlas -> scan maps over the atlas brain voxels."""
+    pts = mask.voxel_to_world(np.argwhere(mask.array)[::7])
+    ones = np.c_[pts, np.ones(len(pts))]
+    return float(np.linalg.norm((ones @ a.T - ones @ b.T)[:, :3], axis=1).mean())
+
+
+def test_header_rotation_of_an_oblique_grid() -> None:
+    from napari_girnet.data.preprocess import _header_rotation, _rotation_angle_deg
+
+    colin = read("colin27_3mm.nii.gz")
+    assert _rotation_angle_deg(_header_rotation(colin, colin)) == pytest.approx(0.0, abs=1e-6)
+    oblique = Volume(colin.array, _turned((30.0, 0.0, 0.0)) @ colin.affine, name="oblique")
+    assert _rotation_angle_deg(_header_rotation(oblique, colin)) == pytest.approx(30.0, abs=1e-6)
+    assert _rotation_angle_deg(_header_rotation(oblique.canonical(), colin)) == pytest.approx(
+        30.0, abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "degrees", [(30.0, 0.0, 0.0), (30.0, 0.0, 30.0)], ids=["pitch30", "pitch30-yaw30"]
+)
+def test_prepare_scan_oblique_header(
+    prepared: dict[str, PreparedScan], atlas2: Atlas, degrees: tuple[float, float, float]
+) -> None:
+    """Issue 11, hostile input 5: a 30 degree oblique header (data untouched) is recovered."""
+    glioma = read("glioma_t1_3mm.nii.gz", canonical=False)
+    motion = _about_centre(glioma, _turned(degrees))
+    oblique = Volume(glioma.array, motion @ glioma.affine, name="oblique glioma")
+    out = prepare_scan(oblique, atlas2)
+    straight = prepared["glioma"]
+    d_straight = dice(straight.mask.array, atlas2.mask.array)
+    d_oblique = dice(out.mask.array, atlas2.mask.array)
+    assert d_oblique >= d_straight - 0.02, f"Dice {d_oblique:.4f} vs straight {d_straight:.4f}"
+    assert out.alignment_ok and out.warnings == ()
+    # the recovered map is the straight one moved by the header's rotation
+    error = _mean_point_error(out.alignment.matrix, motion @ straight.alignment.matrix, atlas2.mask)
+    assert error < 3.0, f"mean point error {error:.2f} mm"
+
+
+def test_prepare_scan_rotated_data(atlas2: Atlas) -> None:
+    """A head rotated by 30 degrees in the data (straight header) is recovered as well."""
+    colin = read("colin27_3mm.nii.gz")
+    straight = prepare_scan(colin, atlas2)
+    motion = _about_centre(colin, _turned((0.0, 30.0, 0.0)))
+    turned = resample(colin, colin.shape, colin.affine, transform=np.linalg.inv(motion))
+    out = prepare_scan(turned.with_array(turned.array, name="rotated colin"), atlas2)
+    d_straight = dice(straight.mask.array, atlas2.mask.array)
+    d_turned = dice(out.mask.array, atlas2.mask.array)
+    # the interpolated 3 mm data lose a little of the brain outline: 0.03 rather than 0.02
+    assert d_turned >= d_straight - 0.03, f"Dice {d_turned:.4f} vs straight {d_straight:.4f}"
+    assert out.alignment_ok and out.alignment.init_rotation_deg > 15.0
+    error = _mean_point_error(out.alignment.matrix, motion @ straight.alignment.matrix, atlas2.mask)
+    assert error < 3.0, f"mean point error {error:.2f} mm"
+
+
+def test_prepare_scan_flags_wrong_orientation_labels(
+    atlas2: Atlas, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header whose A/P and S/I labels are flipped: the result is flagged, not silent."""
+    glioma = read("glioma_t1_3mm.nii.gz", canonical=False)
+    flipped = glioma.affine.copy()
+    flipped[:3, 1:3] *= -1.0  # a proper 180 degree turn about the first voxel axis
+    wrong = Volume(glioma.array, flipped, name="flipped glioma")
+    with caplog.at_level("WARNING", logger="napari_girnet.data.preprocess"):
+        out = prepare_scan(wrong, atlas2)
+    # measured: brain-mask Dice 0.85 (180 degree turns are not searched: flagged, not fixed)
+    assert not out.alignment_ok
+    assert out.alignment.quality < ALIGNMENT_MIN_QUALITY
+    assert out.warnings and "flipped glioma" in out.warnings[0]
+    assert any("poor affine alignment" in r.getMessage() for r in caplog.records)
