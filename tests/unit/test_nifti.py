@@ -147,8 +147,10 @@ def test_dtype_argument_and_special_types(tmp_path: Path) -> None:
     assert nib.load(write_nifti(half, tmp_path / "h.nii")).get_data_dtype() == np.float32
     forced = write_nifti(labels, tmp_path / "f.nii", dtype=np.float32)
     assert nib.load(forced).get_data_dtype() == np.float32
+    with pytest.raises(VolumeError, match="unsupported voxel type complex64"):
+        grid.with_array(np.zeros(SHAPE, np.complex64))  # refused before it reaches a writer
     with pytest.raises(NiftiError, match=r"c\.nii"):
-        write_nifti(grid.with_array(np.zeros(SHAPE, np.complex64)), tmp_path / "c.nii")
+        write_nifti(labels, tmp_path / "c.nii", dtype=np.complex64)
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

@@ -6,7 +6,14 @@ provenance as JSON. It is loaded with ``torch.load(weights_only=True)``, which r
 pickled object that is not plain data — a checkpoint crafted to run code on load is rejected
 with :class:`CheckpointError` instead of being executed. Writes go to a temporary file in the
 same folder followed by an atomic rename, so an interrupted save never corrupts the previous
-checkpoint.
+checkpoint; temporary files left by a save that was killed (``.last.pt.<pid>-<hex>.tmp``) are
+removed by the next save or load in that folder once their writer is gone.
+
+Loading refuses, with a one-line :class:`CheckpointError` naming the file: anything that is not a
+PyTorch zip archive (random bytes, a NIfTI image), files over :data:`MAX_CHECKPOINT_BYTES`,
+pickled objects other than plain data, a missing or newer format marker, and NaN or infinite
+network weights. New files get the permissions ``0o666 & ~umask``, like any file the user
+creates.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
-import tempfile
+import re
+import secrets
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -29,10 +38,12 @@ from .config import ConfigError, GIRNetConfig
 
 __all__ = [
     "FORMAT",
+    "MAX_CHECKPOINT_BYTES",
     "Checkpoint",
     "CheckpointError",
     "file_sha256",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "save_checkpoint",
 ]
 
@@ -40,6 +51,22 @@ log = logging.getLogger(__name__)
 
 FORMAT = "napari-girnet-checkpoint"
 FORMAT_VERSION = 1
+MAX_CHECKPOINT_BYTES = 512 * 2**20
+"""Largest checkpoint file (and total unpacked archive size) :func:`load_checkpoint` accepts.
+
+The largest preset (``gpu-1mm``, 3.5 M parameters) gives a checkpoint of about 40 MiB with its
+Adam state, so 512 MiB leaves room for wider networks while refusing a file padded with
+gigabytes before any of it is read into memory (like the NIfTI reader's size check).
+"""
+STALE_TMP_SECONDS = 3600.0
+"""Any temporary checkpoint file older than this is removed (the largest checkpoint is written in
+seconds, so no save can still be running)."""
+DEAD_WRITER_TMP_SECONDS = 60.0
+"""A temporary checkpoint file whose writer process (the pid in its name) no longer exists is
+removed once it is older than this."""
+
+# ".<target>.pt.<pid>-<8 hex>.tmp" (this version) or ".<target>.pt.<8 chars>.tmp" (tempfile).
+_TMP_RE = re.compile(r"^\.(?P<target>.+\.pt)\.(?:(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8})\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -83,7 +110,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     """Write ``ckpt`` to ``path`` atomically; returns the path.
 
-    The provenance gains ``saved_at`` (ISO time) and the napari-girnet/torch versions.
+    The provenance gains ``saved_at`` (ISO time) and the napari-girnet/torch versions. The file
+    is written to ``.<name>.<pid>-<hex>.tmp`` beside ``path``, fsynced and renamed over ``path``;
+    it gets the permissions ``0o666 & ~umask``. Stale temporaries of killed saves in the folder
+    are removed first (:func:`remove_stale_temporaries`).
     """
     from .._version import __version__
 
@@ -102,16 +132,137 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
         "trainer": ckpt.trainer,
         "provenance": json.dumps(provenance, default=str),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    remove_stale_temporaries(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        torch.save(payload, tmp)
+        # 0o666: the kernel applies the umask, as for any file the user creates
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     log.debug("checkpoint written: %s (step %d)", path, ckpt.step)
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing (True when it cannot be told)."""
+    if pid == os.getpid() or os.name != "posix":  # os.kill(pid, 0) terminates it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else, or cannot tell: keep the file
+    return True
+
+
+def remove_stale_temporaries(
+    folder: str | os.PathLike[str], now: float | None = None
+) -> list[Path]:
+    """Delete temporary files of checkpoint saves that were killed half-way; returns them.
+
+    Only names of the form written by :func:`save_checkpoint` (``.<name>.pt.<pid>-<hex>.tmp``,
+    or ``.<name>.pt.<8 chars>.tmp`` from earlier versions) are touched, and only when they are
+    older than :data:`STALE_TMP_SECONDS`, or older than :data:`DEAD_WRITER_TMP_SECONDS` when the
+    process id in their name no longer exists (POSIX only). Errors
+    (read-only folder, a file removed concurrently) are logged at debug level and ignored.
+    """
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_RE.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file() or entry.is_symlink():
+                continue
+            age = now - entry.stat().st_mtime
+            pid = match.group("pid")
+            dead = pid is not None and age > DEAD_WRITER_TMP_SECONDS and not _pid_alive(int(pid))
+            if age > STALE_TMP_SECONDS or dead:
+                entry.unlink()
+                removed.append(entry)
+                log.info("removed the temporary file of an interrupted checkpoint save: %s", entry)
+        except OSError as err:
+            log.debug("could not remove %s: %s", entry, err)
+    return removed
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse files that are not PyTorch zip archives, or too large, before unpickling."""
+    size = path.stat().st_size
+    limit_mib = MAX_CHECKPOINT_BYTES / 2**20
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"{path}: file is {size / 2**20:.0f} MiB, more than any napari-girnet checkpoint "
+            f"(limit {limit_mib:.0f} MiB); refusing to load it"
+        )
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        raise CheckpointError(f"{path}: not a napari-girnet checkpoint (this is a NIfTI image)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise CheckpointError(
+            f"{path}: not a napari-girnet checkpoint (not a PyTorch zip archive)"
+        ) from err
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"{path}: archive unpacks to {unpacked / 2**20:.0f} MiB, more than any napari-girnet "
+            f"checkpoint (limit {limit_mib:.0f} MiB); refusing to load it"
+        )
+    if not any(m.filename.endswith("data.pkl") for m in members):
+        raise CheckpointError(f"{path}: not a napari-girnet checkpoint (no PyTorch data record)")
+
+
+def _format_version(payload: dict[str, Any], path: Path) -> int:
+    value = payload.get("format_version")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(
+            f"{path}: invalid checkpoint format_version {str(value)[:40]!r} (expected an integer)"
+        )
+    if value > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {value} is newer than this napari-girnet supports "
+            f"({FORMAT_VERSION}); upgrade napari-girnet"
+        )
+    return value
+
+
+def _check_weights(model: Any, path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Networks' state dicts: tensors only, every floating-point value finite."""
+    if not isinstance(model, dict) or set(model) != {"reg", "seg", "inp"}:
+        got = sorted(model) if isinstance(model, dict) else type(model).__name__
+        raise CheckpointError(f"{path}: expected weights for reg, seg and inp, got {got}")
+    for tag, state in model.items():
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: weights of {tag} are not a state dict")
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(
+                    f"{path}: weight {tag}.{key} is a {type(value).__name__}, not a tensor"
+                )
+            if value.is_floating_point() or value.is_complex():
+                n_bad = int(value.numel() - torch.isfinite(value).sum().item())
+                if n_bad:
+                    raise CheckpointError(
+                        f"{path}: weight {tag}.{key} holds {n_bad} NaN or infinite values (of "
+                        f"{math.prod(value.shape)}); the checkpoint is unusable (training "
+                        "diverged?)"
+                    )
+    return model
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -120,44 +271,48 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     Raises
     ------
     CheckpointError
-        If the file is missing, truncated, not a napari-girnet checkpoint, contains anything but
-        plain data (e.g. a malicious pickle), or holds an invalid configuration.
+        If the file is missing, larger than :data:`MAX_CHECKPOINT_BYTES`, truncated, not a
+        napari-girnet checkpoint (random bytes, a NIfTI image, another program's pickle),
+        contains anything but plain data (e.g. a malicious pickle), has a bad or newer
+        ``format_version``, an invalid configuration, or NaN/infinite network weights. The
+        message is one line and starts with the file name.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    remove_stale_temporaries(path.parent)
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        log.debug("%s: torch.load refused the file: %s", path, err)
         raise CheckpointError(
-            f"{path}: refused to load: the file contains objects other than plain tensors and "
-            f"data (possibly malicious); only napari-girnet checkpoints are accepted ({err})"
+            f"{path}: refused to load: not a napari-girnet checkpoint (it holds Python objects "
+            "other than tensors and plain data)"
         ) from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        log.debug("%s: torch.load failed: %s", path, err)
+        first = " ".join(str(err).split())[:120]
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt or truncated): {err}"
+            f"{path}: not a readable checkpoint (corrupt or truncated): {first}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a napari-girnet checkpoint (format marker missing)")
-    if int(payload.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {payload['format_version']} is newer than this "
-            f"napari-girnet supports ({FORMAT_VERSION}); upgrade napari-girnet"
-        )
+    _format_version(payload, path)
     try:
         config = GIRNetConfig.from_json(payload["config"])
         provenance = json.loads(payload.get("provenance", "{}"))
-        model = payload["model"]
-        if set(model) != {"reg", "seg", "inp"}:
-            raise CheckpointError(
-                f"{path}: expected weights for reg, seg and inp, got {sorted(model)}"
-            )
-    except (ConfigError, KeyError, TypeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: invalid checkpoint contents: {err}") from err
+        model = _check_weights(payload["model"], path)
+        step = int(payload.get("step", 0))
+    except CheckpointError:
+        raise
+    except (ConfigError, KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+        msg = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: invalid checkpoint contents: {msg}") from err
     return Checkpoint(
         config=config,
         model=model,
-        step=int(payload.get("step", 0)),
+        step=step,
         trainer=payload.get("trainer", {}) or {},
         provenance=provenance,
     )

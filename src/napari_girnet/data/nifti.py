@@ -194,7 +194,7 @@ def _check_data_size(img: nib.Nifti1Image, path: Path) -> None:
     Without this check nibabel would allocate the declared size before noticing that the file
     is short, which for a corrupt ``dim`` field can mean tens of gigabytes.
     """
-    proxy = img.dataobj
+    proxy: Any = img.dataobj  # nibabel's ArrayProxy (typed as ArrayLike)
     shape = tuple(int(s) for s in proxy.shape)
     if any(s < 0 for s in shape):
         raise NiftiError(f"{path}: header declares a negative dimension, shape {shape}")
@@ -222,7 +222,7 @@ def _read_gzip_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     nibabel stops decompressing once it has the voxel bytes, so it never reaches the gzip
     trailer and a corrupted stream can go unnoticed; here the stream is read to its end.
     """
-    proxy = img.dataobj  # the header copy in img.header has its data offset reset to 0
+    proxy: Any = img.dataobj  # the header copy in img.header has its data offset reset to 0
     shape = tuple(int(s) for s in proxy.shape)
     dtype = np.dtype(proxy.dtype)
     offset = int(proxy.offset)
@@ -245,8 +245,9 @@ def _read_gzip_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
 
 def _apply_scaling(img: nib.Nifti1Image, arr: np.ndarray) -> np.ndarray:
     """Apply scl_slope / scl_inter exactly as nibabel's ``ArrayProxy`` does for no dtype."""
-    slope = np.asanyarray(img.dataobj.slope)
-    inter = np.asanyarray(img.dataobj.inter)
+    proxy: Any = img.dataobj
+    slope = np.asanyarray(proxy.slope)
+    inter = np.asanyarray(proxy.inter)
     if np.can_cast(inter, slope.dtype):
         inter = inter.astype(slope.dtype)
     return apply_read_scaling(arr, slope, inter)

@@ -17,7 +17,22 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-__all__ = ["Volume", "VolumeError"]
+__all__ = [
+    "MIN_BRAIN_EXTENT_MM",
+    "MIN_BRAIN_VOXELS",
+    "Volume",
+    "VolumeError",
+    "check_brain_size",
+    "describe_grid_mismatch",
+]
+
+MIN_BRAIN_EXTENT_MM = 60.0
+"""Smallest extent (mm) of the non-background part of a scan, along every voxel axis, that
+:func:`check_brain_size` accepts. An adult brain spans about 140 x 170 x 120 mm (R-L x A-P x S-I)
+and a newborn's about 90 mm; anything under 60 mm along an axis is not a whole brain."""
+MIN_BRAIN_VOXELS = 16
+"""Fewest voxels along every axis that :func:`check_brain_size` accepts (the coarsest clinical
+scans have about 25 slices of 5-6 mm)."""
 
 
 class VolumeError(ValueError):
@@ -60,7 +75,9 @@ class Volume:
     Raises
     ------
     VolumeError
-        If the array is not 3D, is empty, or the affine is not a finite invertible 4x4 matrix.
+        If the array is not 3D, is empty, is not of a real numeric type (complex, object,
+        string or structured arrays are refused), or the affine is not a finite invertible 4x4
+        matrix.
     """
 
     array: np.ndarray
@@ -78,6 +95,12 @@ class Volume:
             )
         if arr.size == 0:
             raise VolumeError(f"{label}: volume is empty (shape {arr.shape})")
+        if arr.dtype.fields is not None or arr.dtype.kind not in "biuf":
+            hint = "; take np.abs() or the real part first" if arr.dtype.kind == "c" else ""
+            raise VolumeError(
+                f"{label}: unsupported voxel type {arr.dtype} (expected real numbers: integer, "
+                f"float or bool){hint}"
+            )
         object.__setattr__(self, "array", arr)
         object.__setattr__(self, "affine", _check_affine(self.affine, label))
         if self.source_affine is not None:
@@ -97,7 +120,7 @@ class Volume:
     @property
     def axcodes(self) -> tuple[str, str, str]:
         """Anatomical direction of each array axis, e.g. ``('R', 'A', 'S')``."""
-        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+        return tuple(nib.aff2axcodes(self.affine))
 
     @property
     def is_canonical(self) -> bool:
@@ -179,3 +202,92 @@ class Volume:
             f"Volume(name={self.name!r}, shape={self.shape}, spacing=({sp}) mm, "
             f"axcodes={''.join(self.axcodes)}, dtype={self.array.dtype})"
         )
+
+
+def _fmt(values: Any, unit: str = "") -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")" + unit
+
+
+def describe_grid_mismatch(volume: Volume, reference: Volume, atol: float = 1e-4) -> str | None:
+    """One line saying how ``volume``'s grid differs from ``reference``'s, or None if it does not.
+
+    Both volumes are compared as given (use :meth:`Volume.canonical` on both first to ignore a
+    mere difference of voxel order). Reported, when they differ: the shape (voxels), the voxel
+    size (mm), the orientation codes, the rotation between the voxel axes (degrees) and the
+    shift of the first voxel's centre (world RAS mm, ``volume`` minus ``reference``).
+
+    Parameters
+    ----------
+    volume, reference : Volume
+        Grids to compare; their ``name`` s appear in the message.
+    atol : float
+        Tolerance in mm on the affines, as in :meth:`Volume.same_grid`.
+    """
+    if volume.same_grid(reference, atol=atol):
+        return None
+    parts = []
+    if volume.shape != reference.shape:
+        parts.append(f"shape {volume.shape} vs {reference.shape}")
+    if not np.allclose(volume.spacing, reference.spacing, atol=atol):
+        parts.append(f"voxel size {_fmt(volume.spacing)} vs {_fmt(reference.spacing)} mm")
+    if volume.axcodes != reference.axcodes:
+        parts.append(f"orientation {''.join(volume.axcodes)} vs {''.join(reference.axcodes)}")
+    else:
+        rot_a = volume.affine[:3, :3] / volume.spacing
+        rot_b = reference.affine[:3, :3] / reference.spacing
+        cos = np.clip((np.trace(rot_a.T @ rot_b) - 1.0) / 2.0, -1.0, 1.0)
+        angle = float(np.degrees(np.arccos(cos)))
+        if angle > 1e-3:
+            parts.append(f"axes rotated by {angle:.3g} deg")
+    shift = volume.affine[:3, 3] - reference.affine[:3, 3]
+    if np.any(np.abs(shift) > atol):
+        parts.append(f"origin shifted by {_fmt(shift)} mm")
+    if not parts:  # differences below the tolerance of each part but not of the whole affine
+        diff = float(np.max(np.abs(volume.affine - reference.affine)))
+        parts.append(f"affines differ by up to {diff:.3g}")
+    a = volume.name or "volume"
+    b = reference.name or "reference"
+    return f"{a}: grid does not match {b}: " + "; ".join(parts)
+
+
+def check_brain_size(
+    volume: Volume,
+    min_extent_mm: float = MIN_BRAIN_EXTENT_MM,
+    min_voxels: int = MIN_BRAIN_VOXELS,
+) -> Volume:
+    """Return ``volume``, or raise :class:`VolumeError` if it cannot hold a whole brain.
+
+    Checks, along every voxel axis: at least ``min_voxels`` voxels, and a non-background extent
+    (the bounding box of the voxels that differ from the minimum value, e.g. the zero background
+    of a skull-stripped scan, times the voxel size) of at least ``min_extent_mm`` mm. A constant
+    image is refused too. Meant to run before any work on a scan that is to be registered to the
+    atlas; the defaults are :data:`MIN_BRAIN_EXTENT_MM` and :data:`MIN_BRAIN_VOXELS`.
+
+    Raises
+    ------
+    VolumeError
+        With a one-line message naming the volume, the axis and the measured size.
+    """
+    label = volume.name or "volume"
+    arr = np.asarray(volume.array)
+    if min(volume.shape) < min_voxels:
+        raise VolumeError(
+            f"{label}: {'x'.join(map(str, volume.shape))} voxels is too small to hold a brain "
+            f"(at least {min_voxels} voxels along every axis are needed)"
+        )
+    foreground = arr != arr.min()
+    if not foreground.any():
+        raise VolumeError(f"{label}: the image is constant (value {arr.flat[0]}); no brain in it")
+    extent = np.empty(3)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(foreground.any(axis=other))
+        extent[axis] = (idx[-1] - idx[0] + 1) * volume.spacing[axis]
+    small = int(np.argmin(extent))
+    if extent[small] < min_extent_mm:
+        raise VolumeError(
+            f"{label}: the image content spans only {_fmt(extent, ' mm')} along its voxel axes "
+            f"(axis {small} {extent[small]:.0f} mm); a whole brain needs at least "
+            f"{min_extent_mm:.0f} mm along every axis"
+        )
+    return volume
