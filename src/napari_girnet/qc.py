@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 def _centre(mask: np.ndarray, fallback: np.ndarray) -> tuple[int, int, int]:
     target = mask if mask.any() else fallback
     if not target.any():
-        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
-    return tuple(round(c) for c in np.argwhere(target).mean(axis=0))  # type: ignore[return-value]
+        x, y, z = (int(s) // 2 for s in mask.shape)
+        return x, y, z
+    cx, cy, cz = (round(float(c)) for c in np.argwhere(target).mean(axis=0))
+    return cx, cy, cz
 
 
 def _plane(array: np.ndarray, axis: int, index: int) -> np.ndarray:

@@ -26,7 +26,11 @@ from qtpy.QtCore import Qt  # noqa: E402
 from napari_girnet import api  # noqa: E402
 from napari_girnet._napari import layers as girnet_layers  # noqa: E402
 from napari_girnet._napari import workers  # noqa: E402
-from napari_girnet._napari.apply_widget import MODEL_BUNDLED, ApplyWidget  # noqa: E402
+from napari_girnet._napari.apply_widget import (  # noqa: E402
+    MODEL_BUNDLED,
+    MODEL_UNTRAINED,
+    ApplyWidget,
+)
 from napari_girnet._napari.evaluate_widget import EvaluateWidget  # noqa: E402
 from napari_girnet._napari.train_widget import TrainWidget  # noqa: E402
 from napari_girnet._napari.workers import last_trained  # noqa: E402
@@ -73,6 +77,7 @@ def dock(viewer, widget) -> None:
 
 
 # ----------------------------------------------------------------------------- train
+@pytest.mark.slow  # two real co-learning runs: ~110 s on a busy 2-core machine
 def test_train_stop_resume(make_napari_viewer_proxy, qtbot, brain, tmp_path):
     viewer = make_napari_viewer_proxy()
     add_volume(viewer, brain, "scan")
@@ -147,6 +152,7 @@ def test_train_stop_resume(make_napari_viewer_proxy, qtbot, brain, tmp_path):
 
 
 # ----------------------------------------------------------------------------- apply
+@pytest.mark.slow  # a real registration: ~25 s on a busy 2-core machine
 def test_apply_adds_result_layers(make_napari_viewer_proxy, qtbot, brain):
     viewer = make_napari_viewer_proxy()
     scan_layer = add_volume(viewer, brain, "scan")
@@ -157,10 +163,13 @@ def test_apply_adds_result_layers(make_napari_viewer_proxy, qtbot, brain):
     dock(viewer, widget)
     assert widget.fine_tune_steps.value() == 0
     assert widget.stride.value() == 6
-    assert widget.model.currentText() == MODEL_BUNDLED
+    # no weights ship for the presets: the bundled model is not offered
+    assert widget.model.currentText() == MODEL_UNTRAINED
     widget.scan.setCurrentText("scan")
     widget.truth.setCurrentText("truth")
     widget.preset.setCurrentText("test")
+    items = [widget.model.itemText(i) for i in range(widget.model.count())]
+    assert MODEL_BUNDLED not in items and items[0] == MODEL_UNTRAINED
     widget.device.setCurrentText("cpu")
     widget.stride.setValue(4)
     before = {ly.name for ly in viewer.layers}
@@ -213,10 +222,13 @@ def test_apply_cancel_during_fine_tuning(make_napari_viewer_proxy, qtbot, brain)
     widget.fine_tune_steps.setValue(20)
     widget.pseudo_cases.setValue(0)
     seen: list[int] = []
+    stages: list[str] = []
 
-    def cancel_on_first(report) -> None:
-        seen.append(report.step)
-        widget.cancel()
+    def cancel_on_first(event) -> None:
+        stages.append(event.stage)
+        if event.report is not None:
+            seen.append(event.report.step)
+            widget.cancel()
 
     widget.progress_received.connect(cancel_on_first)
     n_layers = len(viewer.layers)
@@ -224,6 +236,7 @@ def test_apply_cancel_during_fine_tuning(make_napari_viewer_proxy, qtbot, brain)
         widget.run()
     assert blocker.args[0].cancelled
     assert 1 <= len(seen) < 20
+    assert "detect" not in stages  # stopped in fine-tuning, before the next stage
     assert len(viewer.layers) == n_layers
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
     assert widget.status.text() == "cancelled"
@@ -345,7 +358,7 @@ def test_train_error_notifies_and_recovers(make_napari_viewer_proxy, qtbot, brai
 
 
 def test_apply_error_notifies_and_recovers(make_napari_viewer_proxy, qtbot, brain, monkeypatch):
-    monkeypatch.setattr(api, "register", _boom)
+    monkeypatch.setattr(api, "register_steps", _boom)
     viewer = make_napari_viewer_proxy()
     add_volume(viewer, brain, "scan")
     widget = ApplyWidget(viewer)
@@ -458,21 +471,41 @@ def test_task_errors_are_not_runtime_errors(monkeypatch, tmp_path):
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
+class _FakeRegistration:
+    """Stands in for a RegistrationSession: ``n`` fine-tuning events, then "result"."""
+
+    def __init__(self, n: int = 3, delay: float = 0.0):
+        self.n, self.delay = n, delay
+        self.calls: list[int] = []
+        self.result = None
+        self._cancel = threading.Event()
+
+    def cancel_with(self, event: threading.Event) -> None:
+        self._cancel = event
+
+    def __iter__(self):
+        from napari_girnet.core.colearn import TrainingReport
+
+        yield api.StageEvent("prepare", 0, 3, 1.0, 0.1, True)
+        for step in range(1, self.n + 1):
+            if self._cancel.is_set():
+                raise api.RegistrationCancelled("cancelled")
+            self.calls.append(step)
+            threading.Event().wait(self.delay)
+            report = TrainingReport(step, self.n, "seg", 0.5)
+            yield api.StageEvent("fine_tune", 1, 3, step / self.n, 0.1, False, report=report)
+        self.result = "result"
+
+
 def test_apply_steps_progress_and_cancel(monkeypatch, brain):
-    from napari_girnet.core.colearn import TrainingReport
+    fake = _FakeRegistration()
+    seen_kwargs: dict = {}
 
-    calls: list[int] = []
-    go_on = threading.Event()  # step 1 -> step 2 only once the test allows it
+    def fake_register_steps(scan, **kwargs):
+        seen_kwargs.update(kwargs)
+        return fake
 
-    def fake_register(scan, **kwargs):
-        for step in range(1, 4):
-            calls.append(step)
-            kwargs["progress"](TrainingReport(step, 3, "seg", 0.5))
-            assert go_on.wait(10)
-        kwargs["progress"](TrainingReport(3, 3, "finished", float("nan")))
-        return "result"
-
-    monkeypatch.setattr(api, "register", fake_register)
+    monkeypatch.setattr(api, "register_steps", fake_register_steps)
     job = workers.ApplyJob(
         scan=brain,
         scan_name="scan",
@@ -486,26 +519,25 @@ def test_apply_steps_progress_and_cancel(monkeypatch, brain):
         device="cpu",
         seed=0,
     )
-    go_on.set()
     items, outcome = _drain(workers.apply_steps(job, threading.Event()))
-    assert [r.step for r in items] == [1, 2, 3]  # the final report is not yielded
+    assert [e.stage for e in items] == ["prepare", "fine_tune", "fine_tune", "fine_tune"]
+    assert [e.report.step for e in items[1:]] == [1, 2, 3]
     assert outcome.result == "result" and not outcome.cancelled
+    assert seen_kwargs["inference"] == {"refine": False, "detector": "auto"}
 
-    calls.clear()
-    go_on.clear()
+    fake.calls.clear()
     cancel = threading.Event()
     gen = workers.apply_steps(job, cancel)
-    assert next(gen).step == 1
-    cancel.set()  # the progress callback raises RegistrationCancelled at step 2
-    go_on.set()
+    assert next(gen).stage == "prepare"
+    assert next(gen).report.step == 1
+    cancel.set()  # the session stops before its next step
     items, outcome = _drain(gen)
     assert outcome.cancelled and outcome.result is None
-    assert items == [] and calls == [1, 2]
+    assert items == [] and fake.calls == [1]
 
 
 def test_activity_dock_cancel(make_napari_viewer_proxy, qtbot, brain, monkeypatch, tmp_path):
     """worker.quit() (the activity dock's cancel) leaves both widgets idle and stops the work."""
-    from napari_girnet.core.colearn import TrainingReport
 
     viewer = make_napari_viewer_proxy()
     add_volume(viewer, brain, "scan")
@@ -522,17 +554,10 @@ def test_activity_dock_cancel(make_napari_viewer_proxy, qtbot, brain, monkeypatc
     qtbot.waitUntil(train.start_button.isEnabled, timeout=10_000)
     assert "cancelled" in train.progress_label.text()
 
-    # Apply: the helper thread running register must stop at its next step
-    calls: list[int] = []
-
-    def slow_register(scan, **kwargs):
-        for step in range(1, 1000):
-            calls.append(step)
-            kwargs["progress"](TrainingReport(step, 999, "seg", 0.5))
-            threading.Event().wait(0.02)
-        return None
-
-    monkeypatch.setattr(api, "register", slow_register)
+    # Apply: the abandoned generator stops the registration session with it
+    fake = _FakeRegistration(n=999, delay=0.02)
+    calls = fake.calls
+    monkeypatch.setattr(api, "register_steps", lambda *a, **k: fake)
     apply = ApplyWidget(viewer)
     apply.fine_tune_steps.setValue(999)
     apply.progress_received.connect(lambda r: apply.worker and apply.worker.quit())
@@ -591,3 +616,41 @@ def test_widgets_dock_from_the_manifest(make_napari_viewer_proxy, display_name, 
     viewer = make_napari_viewer_proxy()
     _, widget = viewer.window.add_plugin_dock_widget("napari-girnet", display_name)
     assert isinstance(widget, cls)
+
+
+def test_apply_every_selected_layer_runs_one_after_another(
+    make_napari_viewer_proxy, qtbot, brain, monkeypatch
+):
+    """With "every selected Image layer", each selected scan gets its own run, in layer order;
+    a failing scan does not stop the next one; unselected layers and the atlas are skipped."""
+    seen: list[str] = []
+
+    def failing_register_steps(scan, *args, **kwargs):
+        seen.append(scan.name)
+        raise ValueError(f"{scan.name}: not a brain")
+
+    monkeypatch.setattr(api, "register_steps", failing_register_steps)
+    viewer = make_napari_viewer_proxy()
+    first = add_volume(viewer, brain.with_array(brain.array, name="first"), "first")
+    add_volume(viewer, brain.with_array(brain.array, name="unselected"), "unselected")
+    second = add_volume(viewer, brain.with_array(brain.array, name="second"), "second")
+    widget = ApplyWidget(viewer)
+    widget.preset.setCurrentText("test")
+    widget.all_selected.setChecked(True)
+    viewer.layers.selection = {first, second}
+    assert [ly.name for ly in widget.scan_layers()] == ["first", "second"]
+    failures: list[str] = []
+    widget.run_failed.connect(failures.append)
+    widget.run()
+    qtbot.waitUntil(lambda: len(failures) == 2, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
+    assert len(seen) == 2 and "first" in failures[0] and "second" in failures[1]
+    assert widget._queue == []
+
+    # nothing selected: a one-line error, nothing runs
+    viewer.layers.selection = set()
+    start = len(notification_manager.records)
+    widget.run()
+    errors = notifications_since(start, NotificationSeverity.ERROR)
+    assert len(errors) == 1 and "select one or more Image layers" in errors[0]
+    assert len(seen) == 2

@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from napari_girnet.core.config import ConfigError, preset
+from napari_girnet.detection.outlier import atlas_outlier_mask, mirror_left_right
 from napari_girnet.evaluation.metrics import dice
-from napari_girnet.evaluation.outlier import atlas_outlier_mask, mirror_left_right
 
 SHAPE = (48, 56, 48)
 # 2 mm grid whose world x = 0 is the middle of axis 0: voxel i and 47 - i are mirror images

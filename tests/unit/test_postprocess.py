@@ -1,4 +1,4 @@
-"""Unit tests for napari_girnet.evaluation.postprocess (random-walker refinement)."""
+"""Unit tests for napari_girnet.detection.refine (random-walker refinement)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
+from napari_girnet.detection.refine import random_walker_refine
 from napari_girnet.evaluation.metrics import dice
-from napari_girnet.evaluation.postprocess import random_walker_refine
 
 
 def _ball(shape, center, radius):
@@ -54,7 +54,7 @@ def test_random_walker_crop_keeps_outside_false():
 
 def test_random_walker_empty_prediction(caplog):
     image = np.random.default_rng(0).random((10, 12, 14))
-    with caplog.at_level(logging.WARNING, logger="napari_girnet.evaluation.postprocess"):
+    with caplog.at_level(logging.WARNING, logger="napari_girnet.detection.refine"):
         out = random_walker_refine(image, np.full(image.shape, 0.2))
     assert out.shape == image.shape and out.dtype == np.bool_ and not out.any()
     assert "empty" in caplog.text

@@ -1,9 +1,13 @@
 """Dock widget "Apply model": register a scan layer to the atlas, segment and inpaint its lesion.
 
 The widget gathers an :class:`~napari_girnet._napari.workers.ApplyJob` on the GUI thread, runs
-:func:`~napari_girnet._napari.workers.apply_steps` (which calls
-:func:`napari_girnet.api.register`) in a napari generator worker, and adds the result layers
-(:func:`~napari_girnet._napari.layers.result_to_layers`) when the worker returns.
+:func:`~napari_girnet._napari.workers.apply_steps` (which iterates
+:func:`napari_girnet.api.register_steps`) in a napari generator worker, shows each stage's
+progress, and adds the result layers (:func:`~napari_girnet._napari.layers.result_to_layers`)
+when the worker returns. Cancel stops the run at the next stage (or fine-tuning step).
+
+The first model choice is "bundled model for preset" when weights ship for the chosen preset
+(:func:`napari_girnet.api.bundled_model_path`), "untrained networks" otherwise.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ from qtpy.QtWidgets import (
 )
 
 from .. import api
-from ..core.colearn import TrainingReport
 from ..core.config import PRESETS
 from ..evaluation import metrics
 from . import layers
@@ -57,16 +60,44 @@ from .workers import (
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import GeneratorWorker
 
-__all__ = ["MODEL_BUNDLED", "MODEL_CHOICES", "MODEL_FILE", "MODEL_LAST", "ApplyWidget"]
+__all__ = [
+    "MODEL_BUNDLED",
+    "MODEL_CHOICES",
+    "MODEL_FILE",
+    "MODEL_LAST",
+    "MODEL_UNTRAINED",
+    "ApplyWidget",
+    "model_choices",
+]
 
 log = logging.getLogger(__name__)
+
+_PROGRESS_MAX = 1000
+_STAGE_LABELS = {
+    "prepare": "affine alignment",
+    "fine_tune": "fine-tuning",
+    "detect": "lesion detection",
+    "instance_optimise": "instance optimisation",
+    "detect_registered": "lesion detection (registered atlas)",
+    "predict": "prediction",
+    "refine": "random-walker refinement",
+    "map_back": "mapping back to the scan",
+    "metrics": "metrics",
+}
 
 ATLAS_BUNDLED = "MNI152 (bundled)"
 NO_TRUTH = "(none)"
 MODEL_BUNDLED = "bundled model for preset"
+MODEL_UNTRAINED = "untrained networks (no bundled model)"
 MODEL_LAST = "last trained"
 MODEL_FILE = "checkpoint file"
 MODEL_CHOICES = (MODEL_BUNDLED, MODEL_LAST, MODEL_FILE)
+
+
+def model_choices(preset: str) -> tuple[str, ...]:
+    """The model entries for ``preset``: the bundled model only when its weights ship."""
+    first = MODEL_BUNDLED if api.bundled_model_path(preset) is not None else MODEL_UNTRAINED
+    return (first, MODEL_LAST, MODEL_FILE)
 
 
 def _snapshot(volume: Any) -> Any:
@@ -80,7 +111,7 @@ class ApplyWidget(QWidget):
     -------
     run_started()
     progress_received(object)
-        A fine-tuning :class:`~napari_girnet.core.colearn.TrainingReport`.
+        Every :class:`~napari_girnet.api.StageEvent` of the run (stages, fine-tuning steps).
     run_finished(object)
         The :class:`~napari_girnet._napari.workers.ApplyOutcome` (``result`` None if
         cancelled), after the layers were added.
@@ -103,6 +134,8 @@ class ApplyWidget(QWidget):
         self._job: ApplyJob | None = None
         self._stride = 6
         self._provenance: dict[str, Any] = {}
+        self._queue: list[tuple[ApplyJob, dict[str, Any]]] = []
+        self._batch_cancelled = False
         self._running = False
         self._build()
         self._on_model_changed(self.model.currentText())
@@ -113,10 +146,11 @@ class ApplyWidget(QWidget):
         self.scan = LayerCombo(self.viewer, napari.layers.Image)
         self.atlas = LayerCombo(self.viewer, napari.layers.Image, extra=(ATLAS_BUNDLED,))
         self.model = QComboBox()
-        self.model.addItems(list(MODEL_CHOICES))
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setCurrentText(default_preset())
+        self.model.addItems(list(model_choices(self.preset.currentText())))
+        self.preset.currentTextChanged.connect(self._refresh_model_choices)
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText("last.pt")
         self.browse = QPushButton("Browse…")
@@ -140,6 +174,9 @@ class ApplyWidget(QWidget):
         self.refine.setChecked(True)
         self.detector = QComboBox()
         self.detector.addItems(["auto", "segnet", "atlas-outlier"])
+        self.skull_strip = QComboBox()
+        self.skull_strip.addItems(["auto", "yes", "no"])
+        self.all_selected = QCheckBox("every selected Image layer, one after another")
         self.stride = QSpinBox()
         self.stride.setRange(1, 64)
         self.stride.setValue(6)
@@ -168,6 +205,8 @@ class ApplyWidget(QWidget):
             (self.pseudo_cases, "pseudo_cases"),
             (self.refine, "refine"),
             (self.detector, "detector"),
+            (self.skull_strip, "skull_strip"),
+            (self.all_selected, "all_selected"),
             (self.stride, "stride"),
             (self.truth, "truth"),
             (self.device, "device"),
@@ -187,7 +226,9 @@ class ApplyWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Scan", self.scan)
+        form.addRow("", self.all_selected)
         form.addRow("Atlas", self.atlas)
+        form.addRow("Skull strip", self.skull_strip)
         form.addRow("Model", self.model)
         form.addRow("Preset", self.preset)
         form.addRow("Checkpoint", ckpt_row)
@@ -243,6 +284,7 @@ class ApplyWidget(QWidget):
         self.cancel_button.setEnabled(running)
         for w in (
             self.scan,
+            self.all_selected,
             self.atlas,
             self.model,
             self.fine_tune_steps,
@@ -259,10 +301,20 @@ class ApplyWidget(QWidget):
     def is_running(self) -> bool:
         return self.worker is not None
 
+    def _refresh_model_choices(self, preset: str) -> None:
+        """Offer the bundled model only for presets whose weights ship."""
+        choices = model_choices(preset)
+        if [self.model.itemText(i) for i in range(self.model.count())] == list(choices):
+            return
+        keep = self.model.currentIndex()
+        self.model.clear()
+        self.model.addItems(list(choices))
+        self.model.setCurrentIndex(max(keep, 0))
+
     # ------------------------------------------------------------------ job
     def _model_path(self) -> Path | None:
         choice = self.model.currentText()
-        if choice == MODEL_BUNDLED:
+        if choice in (MODEL_BUNDLED, MODEL_UNTRAINED):
             preset = self.preset.currentText()
             if api.bundled_model_path(preset) is None:
                 show_warning(
@@ -283,15 +335,32 @@ class ApplyWidget(QWidget):
             raise ValueError(f"checkpoint {path} does not exist")
         return path
 
-    def job(self) -> ApplyJob:
-        """The job described by the controls (GUI thread: reads layers).
+    def scan_layers(self) -> list[Any]:
+        """The Image layers to register: the chosen scan, or with "every selected Image layer"
+        checked, the Image layers selected in the layer list (not the atlas, not GIRNet results)."""
+        if not self.all_selected.isChecked():
+            layer = self.scan.layer()
+            return [layer] if layer is not None else []
+        atlas = self.atlas.layer()
+        return [
+            ly
+            for ly in self.viewer.layers
+            if ly in self.viewer.layers.selection
+            and isinstance(ly, napari.layers.Image)
+            and ly is not atlas
+            and "role" not in ly.metadata.get("girnet", {})  # not one of our result layers
+        ]
+
+    def job(self, scan_layer: Any = None) -> ApplyJob:
+        """The job described by the controls for ``scan_layer`` (default: the chosen scan)
+        (GUI thread: reads layers).
 
         Raises
         ------
         ValueError
             No scan layer, missing model, or a layer that is not a 3D volume.
         """
-        scan_layer = self.scan.layer()
+        scan_layer = scan_layer if scan_layer is not None else self.scan.layer()
         if scan_layer is None:
             raise ValueError("choose a scan (Image layer)")
         scan = _snapshot(layers.layer_to_volume(scan_layer))
@@ -321,6 +390,7 @@ class ApplyWidget(QWidget):
             "pseudo_cases": self.pseudo_cases.value() if steps > 0 else 0,
             "refine": self.refine.isChecked(),
             "detector": self.detector.currentText(),
+            "skull_strip": self.skull_strip.currentText(),
             "vector_stride": self._stride,
         }
         return ApplyJob(
@@ -334,24 +404,50 @@ class ApplyWidget(QWidget):
             pseudo_cases=self.pseudo_cases.value(),
             refine=self.refine.isChecked(),
             detector=self.detector.currentText(),
+            skull_strip=self.skull_strip.currentText(),
             truth=truth,
             device=self.device.currentText(),
             seed=self.seed.value(),
         )
 
     def run(self) -> None:
-        """Start registering the chosen scan in a worker."""
+        """Start registering the chosen scan (or every selected Image layer) in a worker.
+
+        Several layers run one after another in the same way as one: each gets its own worker
+        and its result layers as soon as it is done; a layer that fails shows its one-line error
+        and the next one runs; Cancel stops the current one and drops the rest.
+        """
         if self.worker is not None:
             return
+        targets = self.scan_layers()
+        if not targets:
+            show_error(
+                "GIRNet apply: "
+                + (
+                    "select one or more Image layers in the layer list"
+                    if self.all_selected.isChecked()
+                    else "choose a scan (Image layer)"
+                )
+            )
+            return
+        queue: list[tuple[ApplyJob, dict[str, Any]]] = []
         try:
-            job = self.job()
+            for layer in targets:
+                queue.append((self.job(layer), dict(self._provenance)))
         except ValueError as exc:
             show_error(f"GIRNet apply: {one_line(exc)}")
             return
+        self._queue = queue
+        self._batch_cancelled = False
+        self._start_next()
+
+    def _start_next(self) -> None:
+        """Start the next queued job in a worker."""
+        job, self._provenance = self._queue.pop(0)
         self._job = job
         self._cancel = threading.Event()
         steps = job.fine_tune_steps
-        self.progress_bar.setRange(0, steps if steps > 0 else 0)  # busy indicator without steps
+        self.progress_bar.setRange(0, _PROGRESS_MAX)  # per mille of the run's stages
         self.progress_bar.setValue(0)
         self.status.setText(
             f"{job.scan_name}: affine alignment"
@@ -363,7 +459,7 @@ class ApplyWidget(QWidget):
             apply_steps,
             job,
             self._cancel,
-            _progress={"total": steps, "desc": "GIRNet apply"} if steps > 0 else True,
+            _progress=True,
             _connect={
                 "yielded": self._on_yielded,
                 "returned": self._on_returned,
@@ -377,23 +473,33 @@ class ApplyWidget(QWidget):
         self.run_started.emit()
 
     def cancel(self) -> None:
-        """Cancel at the next fine-tuning step (or discard the result when it arrives)."""
+        """Cancel at the next stage or fine-tuning step."""
         if self._cancel is None:
             return
         self._cancel.set()
+        self._batch_cancelled = True
+        self._queue.clear()
         self.cancel_button.setEnabled(False)
         self.status.setText("cancelling…")
 
     # ------------------------------------------------------------------ worker signals
-    def _on_yielded(self, report: TrainingReport) -> None:
-        total = max(report.total_steps, 1)
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(min(report.step, total))
-        self.status.setText(
-            f"fine-tuning step {report.step}/{report.total_steps} · {report.phase} loss "
-            f"{report.loss:.4g}"
-        )
-        self.progress_received.emit(report)
+    def _on_yielded(self, event: api.StageEvent) -> None:
+        self.progress_bar.setValue(round(_PROGRESS_MAX * event.overall))
+        report = event.report
+        stage = _STAGE_LABELS.get(event.stage, event.stage)
+        text = f"{stage} ({event.index + 1}/{event.total})"
+        if report is not None:
+            text = (
+                f"fine-tuning step {report.step}/{report.total_steps} · {report.phase} loss "
+                f"{report.loss:.4g}"
+            )
+        elif event.done:
+            text += f" done in {event.seconds:.1f} s"
+        else:
+            text += "…"
+        if self._cancel is None or not self._cancel.is_set():
+            self.status.setText(text)
+        self.progress_received.emit(event)
 
     def _on_returned(self, outcome: ApplyOutcome) -> None:
         result = outcome.result
@@ -438,9 +544,11 @@ class ApplyWidget(QWidget):
         self.run_failed.emit(reason)
 
     def _on_aborted(self) -> None:
-        # worker.quit() (the activity dock's cancel) abandons the generator: stop the helper
+        # worker.quit() (the activity dock's cancel) abandons the generator: set the flag too
         if self._cancel is not None:
             self._cancel.set()
+        self._batch_cancelled = True
+        self._queue.clear()
         self.status.setText("cancelled")
         self.run_finished.emit(ApplyOutcome(None, True, 0.0))
 
@@ -450,6 +558,10 @@ class ApplyWidget(QWidget):
                 self.destroyed.disconnect(self._cancel.set)
         self.worker = None
         self._cancel = None
+        if self._queue and not self._batch_cancelled:
+            self._start_next()
+            return
+        self._queue.clear()
         self._set_running(False)
         if self.progress_bar.maximum() == 0:
             self.progress_bar.setRange(0, 1)

@@ -59,9 +59,12 @@ log = logging.getLogger(__name__)
 def _table(headers: tuple[str, str]) -> QTableWidget:
     table = QTableWidget(0, 2)
     table.setHorizontalHeaderLabels(list(headers))
-    table.verticalHeader().setVisible(False)
+    vertical, horizontal = table.verticalHeader(), table.horizontalHeader()
+    if vertical is not None:
+        vertical.setVisible(False)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    if horizontal is not None:
+        horizontal.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
     table.setMinimumHeight(120)
     return table
 
@@ -240,6 +243,8 @@ class EvaluateWidget(QWidget):
         if moving is None or fixed is None:
             show_error("GIRNet: choose a moving and a fixed Points layer")
             return None
+        ids_m: tuple[str, ...] | None
+        ids_f: tuple[str, ...] | None
         try:
             ids_m, pts_m = layers.points_to_world(moving)
             ids_f, pts_f = layers.points_to_world(fixed)

@@ -27,7 +27,6 @@ objects by duck typing. No Qt import.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -661,12 +660,11 @@ def field_to_vectors(
 
 # ----------------------------------------------------------------------------- results
 def _file_sha256(path: Path) -> str | None:
+    """SHA-256 of a file (the checkpoint module's), or None when it cannot be read."""
+    from napari_girnet.core.checkpoint import file_sha256
+
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -674,7 +672,9 @@ def _file_sha256(path: Path) -> str | None:
 def _result_provenance(
     result: RegistrationResult, scan_name: str, extra: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """Provenance dict of a registration result (version, model, checkpoint, config, seed...)."""
+    """Layer provenance of a registration result: the result's own
+    :class:`~napari_girnet.evaluation.report.Provenance` (as made by the pipeline) with the
+    layer's inputs, metrics and timings; ``extra`` (widget settings) overrides."""
     given = dict(result.provenance or {})
     config = result.config
     try:
@@ -690,7 +690,8 @@ def _result_provenance(
         "model": given.get("model"),
         "model_sha256": given.get("model_sha256"),
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "checkpoint_sha256": _file_sha256(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": given.get("checkpoint_sha256")
+        or (_file_sha256(checkpoint) if checkpoint else None),
         "config": config_dict,
         "preset": getattr(config, "preset", None),
         "seed": getattr(getattr(config, "runtime", None), "seed", None),
@@ -752,7 +753,9 @@ def result_to_layers(
         grid, hidden: it lives in atlas space and does not overlay the scan),
         ``"<scan> deformation"`` (Vectors of ``field_nonlinear``, GIRNet's non-linear
         displacement without the affine part, inside the brain mask,
-        hidden) and ``"<scan> Jacobian"`` (Image, PiYG, contrast ``(1 - r, 1 + r)``, hidden).
+        hidden), when the brain was extracted ``"<scan> brain mask"`` (Labels, hidden) and
+        ``"<scan> bias corrected"`` (Image, hidden), and ``"<scan> Jacobian"`` (Image, PiYG,
+        contrast ``(1 - r, 1 + r)``, hidden).
         All but scan→atlas share the scan layer's scale and translate. Each layer's
         ``metadata["girnet"]`` has ``"role"`` (the result attribute, ``"deformation"`` for the
         vectors) and ``"provenance"`` (version, model and checkpoint SHA-256, config, seed,
@@ -828,6 +831,27 @@ def result_to_layers(
             },
         )
     )
+    if result.brain_mask is not None:
+        layers.append(
+            volume_to_layer_data(
+                _on_scan_grid(result.brain_mask, scan),
+                f"{scan_name} brain mask",
+                kind="labels",
+                opacity=0.3,
+                visible=False,
+                metadata=meta("brain_mask"),
+            )
+        )
+    if result.bias_corrected is not None:
+        layers.append(
+            volume_to_layer_data(
+                _on_scan_grid(result.bias_corrected, scan),
+                f"{scan_name} bias corrected",
+                colormap="gray",
+                visible=False,
+                metadata=meta("bias_corrected"),
+            )
+        )
     jac = _on_scan_grid(result.jacobian, scan)
     jac_mask = brain if brain is not None and brain.shape == jac.shape else None
     layers.append(

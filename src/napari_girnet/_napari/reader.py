@@ -89,7 +89,8 @@ def _landmark_format(path: Path) -> str | None:
     for row in csv.reader(head.splitlines()):
         if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
             continue
-        return _LANDMARK_HEADERS.get(tuple(c.strip().lower() for c in row[:4]))
+        cells = [c.strip().lower() for c in row[:4]] + [""] * 4
+        return _LANDMARK_HEADERS.get((cells[0], cells[1], cells[2], cells[3]))
     return None
 
 
@@ -159,7 +160,7 @@ def looks_like_labels(volume: Volume, name: str = "") -> bool:
 
 def _peek_shape(path: Path) -> tuple[int, ...] | None:
     try:
-        return tuple(int(s) for s in nib.load(path).shape)
+        return tuple(int(s) for s in nib.load(path).shape)  # type: ignore[attr-defined]
     except Exception:  # read_nifti below reports the problem with a clear message
         return None
 

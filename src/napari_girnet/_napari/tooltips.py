@@ -97,6 +97,17 @@ TIPS: dict[str, str] = {
         "Refine the lesion mask with a random walker seeded by the mask (GIRNet's "
         "post-processing 'PP'; on by default, the paper's best setting)."
     ),
+    "apply.all_selected": (
+        "Register every Image layer selected in the layer list (not the atlas, not GIRNet "
+        "results) one after another with the same settings; each scan's result layers appear "
+        "as soon as it is done, a scan that fails shows its error and the next one runs."
+    ),
+    "apply.skull_strip": (
+        "Brain extraction (deepbet, or the atlas brain mask when deepbet is not installed) and "
+        "N4 bias-field correction before the alignment. 'auto' runs them only when the scan is "
+        "not already skull-stripped (the decision and its reason are in the result layers' "
+        "provenance); 'yes' forces them, 'no' skips them."
+    ),
     "apply.detector": (
         "Where the lesion mask comes from. 'segnet': GIRNet's SegNet (thresholded at 0.5). "
         "'atlas-outlier': where the scan departs from the atlas warped onto it and "

@@ -1,7 +1,7 @@
 """Background jobs of the GIRNet widgets and the small plumbing the three widgets share.
 
-Threading model (see ``shared/reference/napari-ecosystem.md`` §2)
------------------------------------------------------------------
+Threading model (napari's ``napari.qt.threading`` generator workers)
+-------------------------------------------------------------------
 - A widget reads its controls and layers **on the GUI thread** into a frozen job dataclass
   (:class:`TrainJob`, :class:`ApplyJob`) holding plain values and
   :class:`~napari_girnet.data.volume.Volume` objects, never layers or widgets.
@@ -13,10 +13,10 @@ Threading model (see ``shared/reference/napari-ecosystem.md`` §2)
   generator without running its cleanup): training stops through
   :meth:`FitSession.request_stop <napari_girnet.api.FitSession.request_stop>` via
   :class:`TrainControl`, so the engine writes ``last.pt`` and yields a final ``"stopped"``
-  report; applying stops through a :class:`threading.Event` checked in the progress callback,
-  which raises :class:`RegistrationCancelled`. (The activity dock's cancel button still calls
-  ``worker.quit()``; the widgets handle its ``aborted`` signal, and training keeps the last
-  periodic ``last.pt``. Closing a widget stops its run the cooperative way.)
+  report; applying iterates :func:`napari_girnet.api.register_steps` and checks a
+  :class:`threading.Event` between stages (and fine-tuning steps). (The activity dock's cancel
+  button still calls ``worker.quit()``; the widgets handle its ``aborted`` signal, and training
+  keeps the last periodic ``last.pt``. Closing a widget stops its run the cooperative way.)
 - Failures are re-raised as :class:`TaskError` with a one-line reason (the original exception
   chained). The widget's ``errored`` handler shows that line with ``show_error`` and resets its
   state. (napari 0.9.2's ``_NotifyingMixin`` is listed after the Qt base classes in the
@@ -42,7 +42,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import queue
 import threading
 import time
 import weakref
@@ -98,8 +97,7 @@ class TaskError(Exception):
     """
 
 
-class RegistrationCancelled(Exception):
-    """Raised inside :func:`napari_girnet.api.register`'s progress callback to abort it."""
+RegistrationCancelled = api.RegistrationCancelled
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -354,6 +352,7 @@ class ApplyJob:
     seed: int
     instance_steps: int | None = None
     detector: str | None = None
+    skull_strip: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -365,22 +364,14 @@ class ApplyOutcome:
     seconds: float
 
 
-_DONE = object()
-
-
 def apply_steps(
     job: ApplyJob, cancel: threading.Event
-) -> Generator[TrainingReport, None, ApplyOutcome]:
-    """Worker generator: run ``api.register`` and yield its fine-tuning reports.
+) -> Generator[api.StageEvent, None, ApplyOutcome]:
+    """Worker generator: iterate :func:`napari_girnet.api.register_steps`, yield its events.
 
-    ``api.register`` is one blocking call that reports progress through a callback, and a
-    generator cannot yield from inside a callback. So the generator starts ``register`` in a
-    helper thread whose progress callback puts reports on a :class:`queue.Queue`; the generator
-    (in the napari worker thread) drains the queue and yields them, then returns the result
-    (the careamics-napari pattern). Cancelling sets ``cancel``; the callback then raises
-    :class:`RegistrationCancelled` inside ``register`` at the next fine-tuning step. Without
-    fine-tuning there is no step to stop at, so a result that arrives after a cancel is
-    discarded.
+    Every stage (and fine-tuning step) is one or more :class:`~napari_girnet.api.StageEvent`;
+    ``cancel`` is checked between them, so a cancel stops the run at the next stage boundary
+    (or fine-tuning step) and nothing is returned but ``cancelled=True``. No helper thread.
 
     Raises
     ------
@@ -388,52 +379,31 @@ def apply_steps(
         With a one-line reason, chaining the original exception.
     """
     t0 = time.perf_counter()
-    reports: queue.Queue[Any] = queue.Queue()
-    box: dict[str, Any] = {}
-
-    def progress(report: TrainingReport) -> None:
-        if cancel.is_set():
-            raise RegistrationCancelled("cancelled by the user")
-        if not report.is_final:
-            reports.put(report)
-
-    def target() -> None:
-        try:
-            box["result"] = api.register(
-                job.scan,
-                atlas=job.atlas,
-                model=job.model,
-                config=job.preset if job.model is None else None,
-                fine_tune_steps=int(job.fine_tune_steps),
-                instance_steps=job.instance_steps,
-                pseudo_cases=int(job.pseudo_cases),
-                seed=int(job.seed),
-                device=job.device,
-                truth=job.truth,
-                refine=bool(job.refine),
-                detector=job.detector,
-                progress=progress,
-            )
-        except BaseException as exc:  # handed over to the worker thread below
-            box["error"] = exc
-        finally:
-            reports.put(_DONE)
-
-    helper = threading.Thread(target=target, name="girnet-register", daemon=True)
-    helper.start()
     try:
-        while (item := reports.get()) is not _DONE:
-            yield item
-        helper.join()
-        error = box.get("error")
-        if isinstance(error, RegistrationCancelled) or (error is None and cancel.is_set()):
+        session = api.register_steps(
+            job.scan,
+            atlas=job.atlas,
+            model=job.model,
+            config=job.preset if job.model is None else None,
+            fine_tune_steps=int(job.fine_tune_steps),
+            instance_steps=job.instance_steps,
+            pseudo_cases=int(job.pseudo_cases),
+            seed=int(job.seed),
+            device=job.device,
+            truth=job.truth,
+            inference={"refine": bool(job.refine), "detector": job.detector or "auto"},
+            skull_strip=job.skull_strip,
+        )
+        session.cancel_with(cancel)
+        yield from session
+        if cancel.is_set():
             return ApplyOutcome(None, True, time.perf_counter() - t0)
-        if error is not None:
-            raise TaskError(f"GIRNet registration failed: {one_line(error)}") from error
-        return ApplyOutcome(box["result"], False, time.perf_counter() - t0)
+        return ApplyOutcome(session.result, False, time.perf_counter() - t0)
+    except RegistrationCancelled:
+        return ApplyOutcome(None, True, time.perf_counter() - t0)
+    except Exception as exc:
+        raise TaskError(f"GIRNet registration failed: {one_line(exc)}") from exc
     finally:
-        cancel.set()  # if the generator is abandoned, make the helper stop at its next step
-        box.clear()
         free_memory()
 
 
@@ -494,44 +464,26 @@ def landmark_tre(
         Unpairable points (:class:`~napari_girnet.data.landmarks.LandmarkError` for id
         mismatches) or a bad field file (``NiftiError``).
     """
-    from ..data.nifti import read_displacement
-    from ..evaluation import metrics
+    from ..evaluation.measure import landmark_tre as tre_of_pairs
 
     ids, moving, fixed = _pair(moving_ids, moving_mm, fixed_ids, fixed_mm)
-    mapped = fixed.copy()
-    if field is not None:
-        disp_vox, grid = read_displacement(field)
-        q = grid.world_to_voxel(fixed)
-        mapped = grid.voxel_to_world(q + metrics.sample_displacement(disp_vox, q))
-    dist = metrics.tre(mapped, moving)
-    summary: dict[str, Any] = dict(metrics.tre_summary(dist))
-    summary["per_landmark"] = {i: float(d) for i, d in zip(ids, dist, strict=True)}
-    return summary
+    return tre_of_pairs(ids, moving, fixed, field)
 
 
 def mask_metrics(
     pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], names: tuple[str, str]
 ) -> dict[str, Any]:
-    """Dice, HD95 (mm) and volumes (mm³) of two masks on the same grid (nonzero = lesion).
+    """Dice, HD95 (mm) and volumes (mm³) of two masks on the same grid (nonzero = lesion);
+    :func:`napari_girnet.evaluation.measure.mask_metrics`, the API's metrics path.
 
     Raises
     ------
     ValueError
         If the shapes differ (the message names both layers).
     """
-    from ..evaluation import metrics
+    from ..evaluation.measure import mask_metrics as measure_masks
 
-    p = np.asarray(pred) != 0
-    t = np.asarray(truth) != 0
-    if p.shape != t.shape:
-        raise ValueError(f"{names[0]} {p.shape} and {names[1]} {t.shape} are not on the same grid")
-    sp = [float(s) for s in spacing][-p.ndim :]
-    return {
-        "dice": metrics.dice(p, t),
-        "hd95_mm": metrics.hd95(p, t, sp),
-        "predicted_volume_mm3": metrics.volume_mm3(p, sp),
-        "truth_volume_mm3": metrics.volume_mm3(t, sp),
-    }
+    return measure_masks(pred, truth, spacing, names)
 
 
 def format_mm(value: float) -> str:
@@ -616,7 +568,7 @@ class LayerCombo(_LayerSync, QComboBox):
     def __init__(
         self,
         viewer: Any,
-        layer_type: type | tuple[type, ...],
+        layer_type: type[Any] | tuple[type[Any], ...],
         extra: Sequence[str] = (),
         parent: QWidget | None = None,
     ) -> None:
@@ -662,7 +614,7 @@ class LayerChecklist(_LayerSync, QListWidget):
 
     checked_changed = Signal()
 
-    def __init__(self, viewer: Any, layer_type: type, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: Any, layer_type: type[Any], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._type = layer_type
@@ -676,7 +628,7 @@ class LayerChecklist(_LayerSync, QListWidget):
     def refresh(self, *_: Any) -> None:
         checked = set(self.checked_names())
         names = [ly.name for ly in self._viewer.layers if isinstance(ly, self._type)]
-        if names == [self.item(i).text() for i in range(self.count())]:
+        if names == [item.text() for item in self._items()]:
             return
         if not checked & set(names) and names:
             checked = {names[0]}
@@ -691,17 +643,18 @@ class LayerChecklist(_LayerSync, QListWidget):
         self.blockSignals(False)
         self.checked_changed.emit()
 
+    def _items(self) -> list[QListWidgetItem]:
+        items = (self.item(i) for i in range(self.count()))
+        return [item for item in items if item is not None]
+
     def checked_names(self) -> list[str]:
         return [
-            self.item(i).text()
-            for i in range(self.count())
-            if self.item(i).checkState() == Qt.CheckState.Checked
+            item.text() for item in self._items() if item.checkState() == Qt.CheckState.Checked
         ]
 
     def set_checked(self, names: Iterable[str]) -> None:
         wanted = set(names)
-        for i in range(self.count()):
-            item = self.item(i)
+        for item in self._items():
             on = item.text() in wanted
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
 

@@ -1,8 +1,8 @@
 """Configuration of GIRNet: networks, losses, co-learning schedule and runtime, with presets.
 
 Every number that the reference method fixes is a field here with the reference value as its
-default (Liu & Gu, GIRNet, MICCAI 2023, and the public code's paper configuration, see
-``shared/reference/method.md``). Configurations round-trip through JSON (stored inside every
+default (Liu & Gu, GIRNet, MICCAI 2023, and the public code's paper configuration, upstream
+repository github.com/ly1998117/GIRNet). Configurations round-trip through JSON (stored inside every
 checkpoint) and unknown keys are rejected, so a typo never silently falls back to a default.
 
 Presets (:data:`PRESETS`):
@@ -310,7 +310,7 @@ class InferenceConfig:
     detector : str
         Source of the lesion mask: ``"segnet"`` (SegNet's thresholded probability, GIRNet's
         "TH"), ``"atlas-outlier"`` (the scan's departure from the histogram-matched atlas,
-        :func:`napari_girnet.evaluation.outlier.atlas_outlier_mask`) or ``"auto"`` (SegNet
+        :func:`napari_girnet.detection.outlier.atlas_outlier_mask`) or ``"auto"`` (SegNet
         when its mask is plausible, non-empty and under ``max_mask_fraction`` of the brain;
         the atlas outlier otherwise).
     fill : str
@@ -484,6 +484,10 @@ def _section_from_dict(klass: type, data: dict[str, Any], name: str) -> Any:
     return dataclasses.replace(defaults, **kwargs)
 
 
+# Half the reference widths. A model started from the public SymNet weights (core.symnet) needs
+# RegNet's reference width (7 start channels); it is about 2x slower per step on 2 CPU cores
+# (measured 25-57 s vs 12 s per fine-tuning step under load), so the preset switches to it only
+# together with shipped weights that use it (see docs/development.md, "Bundled model").
 _HALF_NET = NetConfig(
     reg_start_channels=4,
     int_downsize=2,

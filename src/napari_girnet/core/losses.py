@@ -1,8 +1,8 @@
 """GIRNet's three losses: registration (SymNet), segmentation (MMI/IEM form), inpainting.
 
-Formulas follow ``shared/reference/method.md`` §1.3–1.5 (Liu & Gu, "Co-learning Semantic-Aware
-Unsupervised Segmentation for Pathological Image Registration", MICCAI 2023, eqs. 1–4, and the
-public code's paper configuration). Tensors are ``(B, 1, *spatial)`` images in [0, 1] and
+Formulas follow Liu & Gu, "Co-learning Semantic-Aware Unsupervised Segmentation for
+Pathological Image Registration", MICCAI 2023, eqs. 1–4, and the upstream code's paper
+configuration (github.com/ly1998117/GIRNet). Tensors are ``(B, 1, *spatial)`` images in [0, 1] and
 ``(B, ndim, *spatial)`` voxel fields (2D or 3D). Each function returns ``(total, terms)`` where
 ``terms`` maps term names to detached scalar tensors for logging.
 """
@@ -43,10 +43,12 @@ class RegistrationFields:
     phi_t_half : torch.Tensor
         ``exp(v_t)``: defined on the mid-space grid, samples the atlas.
     phi_st : torch.Tensor
-        Defined on the **atlas** grid, maps atlas voxels to scan voxels:
+        Displacement (voxels) defined on the **atlas** grid: atlas voxel ``y`` corresponds to
+        scan voxel ``y + phi_st(y)``;
         ``scan_to_atlas = warp(scan, phi_st)`` (paper's ``phi_ST``: warps S onto T).
     phi_ts : torch.Tensor
-        Defined on the **scan** grid, maps scan voxels to atlas voxels:
+        Displacement (voxels) defined on the **scan** grid: scan voxel ``x`` corresponds to
+        atlas voxel ``x + phi_ts(x)``;
         ``atlas_to_scan = warp(atlas, phi_ts)`` (paper's ``phi_TS``).
     """
 

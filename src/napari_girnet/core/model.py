@@ -45,9 +45,11 @@ class Prediction:
         ``(B, 1, *S)`` scan with the mask filled with atlas-guided healthy tissue (the original
         scan outside the mask), scan grid, intensities as the scan ([0, 1]).
     phi_ts : torch.Tensor
-        ``(B, ndim, *S)`` voxels, on the scan grid, maps scan voxels to atlas voxels.
+        ``(B, ndim, *S)`` displacement in voxels on the scan grid: scan voxel ``x`` corresponds
+        to atlas voxel ``x + phi_ts(x)`` (a displacement, not a map).
     phi_st : torch.Tensor
-        ``(B, ndim, *S)`` voxels, on the atlas grid, maps atlas voxels to scan voxels.
+        ``(B, ndim, *S)`` displacement in voxels on the atlas grid: atlas voxel ``y``
+        corresponds to scan voxel ``y + phi_st(y)``.
     atlas_to_scan : torch.Tensor
         ``warp(atlas, phi_ts)``: the atlas deformed onto the scan (scan grid).
     scan_to_atlas : torch.Tensor
@@ -76,7 +78,7 @@ class Prediction:
             f.name: (getattr(self, f.name).to(device) if f.name != "threshold" else self.threshold)
             for f in fields(self)
         }
-        return Prediction(**values)
+        return Prediction(**values)  # type: ignore[arg-type]
 
     def item(self, index: int) -> Prediction:
         """The prediction for batch item ``index`` (batch dimension kept, size 1)."""
@@ -88,7 +90,7 @@ class Prediction:
             )
             for f in fields(self)
         }
-        return Prediction(**values)
+        return Prediction(**values)  # type: ignore[arg-type]
 
 
 def _check_pair(scan: torch.Tensor, atlas: torch.Tensor) -> None:
@@ -115,12 +117,27 @@ class GIRNet(nn.Module):
     ----------
     config : GIRNetConfig
         ``config.net`` sets the widths, ``config.data.ndim`` 2D or 3D networks.
+    seed : int, optional
+        Seed of the initial weights. The networks are built under ``torch.random.fork_rng``
+        with the forked CPU generator seeded with ``seed``, so the global generator is left
+        as it was and the weights equal those of ``torch.manual_seed(seed); GIRNet(config)``.
+        None draws from the global generator.
     """
 
-    def __init__(self, config: GIRNetConfig) -> None:
+    def __init__(self, config: GIRNetConfig, seed: int | None = None) -> None:
         super().__init__()
         config.validate()
         self.config = config
+        if seed is None:
+            self._build(config)
+            return
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._build(config)
+
+    def _build(self, config: GIRNetConfig) -> None:
         net, ndim = config.net, config.data.ndim
         self.ndim = ndim
         self.reg = RegNet(
@@ -211,7 +228,7 @@ class GIRNet(nn.Module):
             )
 
     def atlas_to_scan_field(self, scan: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
-        """Only ``phi_ts`` (scan grid -> atlas voxels): half the integrations of :meth:`register`.
+        """Only the displacement ``phi_ts`` (scan grid -> atlas voxels): half the integrations.
 
         Used for the inpainter's guide (the atlas warped onto the scan) in the SegNet and InpNet
         steps, where the other fields are not needed.

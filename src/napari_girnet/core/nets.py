@@ -24,8 +24,9 @@ multiple of 16 and the outputs are cropped back) and any batch size.
 
 Conventions (``docs/conventions.md``): tensors are ``(B, C, *spatial)`` with the spatial axes in
 numpy order; velocity fields have one channel per spatial axis in the same order, in voxels.
-Layer layouts follow the descriptions in ``/work/shared/reference`` (method.md 1.3-1.5 and
-reference-implementations.md 1.3-1.5); this is an independent implementation.
+Layer layouts follow Liu & Gu, MICCAI 2023 (Fig. 1; SegNet in appendix B of arXiv 2310.11040),
+the upstream code (github.com/ly1998117/GIRNet) and SymNet (Mok & Chung, CVPR 2020); this is
+an independent implementation.
 
 Only torch and the standard library are imported here.
 """
@@ -128,9 +129,9 @@ def _init_normal(module: nn.Module, std: float, generator: torch.Generator | Non
     """Conv weights ~ N(0, std), biases 0 (pix2pix ``init_weights('normal')``)."""
     with torch.no_grad():
         for m in _conv_modules(module):
-            nn.init.normal_(m.weight, 0.0, std, generator=generator)
+            nn.init.normal_(_param(m.weight), 0.0, std, generator=generator)
             if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(_param(m.bias))
 
 
 def _init_default(module: nn.Module, generator: torch.Generator) -> None:
@@ -141,12 +142,18 @@ def _init_default(module: nn.Module, generator: torch.Generator) -> None:
     """
     with torch.no_grad():
         for m in _conv_modules(module):
-            w = m.weight
+            w = _param(m.weight)
             fan_in = w.shape[1] * math.prod(w.shape[2:])
             bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             nn.init.uniform_(w, -bound, bound, generator=generator)
             if m.bias is not None:
-                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+                nn.init.uniform_(_param(m.bias), -bound, bound, generator=generator)
+
+
+def _param(value: object) -> torch.Tensor:
+    """A conv's ``weight`` / ``bias`` as a tensor (``nn.Module.__getattr__`` is typed loosely)."""
+    assert isinstance(value, torch.Tensor)
+    return value
 
 
 @contextlib.contextmanager
@@ -405,7 +412,7 @@ class RegNet(_NetBase):
             ``|v| < range_flow``. ``v_st`` is the paper's ``v_xy`` with x = scan: its exponential
             ``u = integrate(v_st)`` moves the scan to the mid-space, ``scan_mid = warp(scan, u)``;
             ``v_ts`` does the same for the atlas. The inverse half maps are ``integrate(-v)`` and
-            the full maps (``phi_st``, ``phi_ts``) are compositions through the mid-space.
+            the full displacements (``phi_st``, ``phi_ts``) are compositions through the mid-space.
 
         Raises
         ------
@@ -588,7 +595,7 @@ class SegNet(_NetBase):
         _init_normal(self, 0.02, generator)
         if init_bias:
             with torch.no_grad():
-                self.decoder.head.bias.fill_(float(init_bias))
+                _param(self.decoder.head.bias).fill_(float(init_bias))
 
     def extra_repr(self) -> str:
         return f"ndim={self.ndim}, enc={self.enc_widths}, dec={self.dec_widths}"

@@ -4,10 +4,10 @@ Before co-learning, InpNet learns to fill a random axis-aligned box of a brain w
 corresponding tissue of a guide image (the atlas, histogram-matched to the scan) while copying
 the rest of the scan: target = ``scan * (1 - m) + guide * m``, MSE loss, for the box and for its
 complement. Box side lengths are independent fractions of each axis drawn from
-``linspace(0.1, 0.8, 5)`` with a uniform centre (``shared/reference/method.md`` §1.6, "Inpainter
-pretraining"). A pretrained inpainter keeps SegNet from winning the mutual-information game
-against an inpainter that can only produce noise — and, on a single scan, from an inpainter that
-has memorised it.
+``linspace(0.1, 0.8, 5)`` with a uniform centre (inpainter pretraining of the upstream code,
+github.com/ly1998117/GIRNet). A pretrained inpainter keeps SegNet from winning the
+mutual-information game against an inpainter that can only produce noise — and, on a single scan,
+from an inpainter that has memorised it.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def random_box_mask(
     """
     masks = torch.zeros((batch, 1, *shape))
     for b in range(batch):
-        sl = []
+        sl: list[slice] = []
         for size in shape:
             frac = fractions[int(torch.randint(len(fractions), (1,), generator=generator))]
             side = max(1, round(frac * size))
             start = int(torch.randint(0, size - side + 1, (1,), generator=generator))
             sl.append(slice(start, start + side))
-        masks[(b, 0, *sl)] = 1.0
+        masks[(b, 0, *sl)] = 1.0  # type: ignore[index]
     return masks
 
 

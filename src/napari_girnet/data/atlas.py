@@ -6,7 +6,7 @@ that ships inside the ``nilearn`` wheel, so it loads offline:
 ``load_mni152_brain_mask(resolution=1)``: 197 x 233 x 189 voxels, 1 mm, RAS, voxel (0, 0, 0) at
 world (-98, -134, -72) mm.
 
-GIRNet (method.md, section 1.8) crops this grid to 160 x 192 x 144 voxels around voxel
+GIRNet (Liu & Gu, MICCAI 2023; upstream code) crops this grid to 160 x 192 x 144 voxels around voxel
 (98, 116, 85) (MONAI ``SpatialCropd``), i.e. voxels 18..177, 20..211 and 13..156. The *working
 grid* of any resolution is the same world box (160 x 192 x 144 mm, centre at world
 (-0.5, -18.5, 12.5) mm) sampled at that resolution and padded symmetrically, in world space, to a

@@ -1,7 +1,7 @@
 """Displacement fields between a scan's native grid and the atlas, through the affine alignment.
 
-GIRNet works on the atlas working grid after an affine alignment of the scan. Its fields
-``phi_ts`` / ``phi_st`` (voxels of the working grid, see ``docs/conventions.md``) describe only
+GIRNet works on the atlas working grid after an affine alignment of the scan. Its fields ``phi_ts``
+/ ``phi_st`` (displacements in voxels of the working grid, ``docs/conventions.md``) describe only
 the non-linear part. These functions compose them with the alignment to obtain the full mapping
 between the scan's *native* world coordinates and the atlas world (MNI, RAS mm), as exported to
 users and to ITK/ANTs tools.
@@ -62,7 +62,8 @@ def atlas_to_scan_field(
     Parameters
     ----------
     phi_ts : numpy.ndarray
-        ``(3, *working.shape)`` voxels of the working grid, defined on the scan side.
+        ``(3, *working.shape)`` displacement in voxels of the working grid, defined on the
+        scan side.
     working : Volume
         Working grid (atlas space).
     native : Volume
@@ -102,7 +103,8 @@ def atlas_to_scan_fields(
 def scan_to_atlas_field(phi_st: np.ndarray, working: Volume, matrix: np.ndarray) -> np.ndarray:
     """Full mapping from the atlas working grid to the scan's native world, in mm.
 
-    For working voxel ``q`` (atlas world ``W q``): scan-side working voxel ``q + phi_st(q)``,
+    ``phi_st`` is GIRNet's displacement in working-grid voxels. For working voxel ``q`` (atlas
+    world ``W q``): scan-side working voxel ``q + phi_st(q)``,
     scan world ``x = A W (q + phi_st(q))``; the result is ``x - W q`` (RAS mm), the pull-back
     that resamples the scan onto the atlas (ITK: a displacement field on the atlas grid).
 

@@ -1,6 +1,6 @@
 """Pseudo-pathological brain MRI with full ground truth (GIRNet's "pseudo dataset").
 
-Method (method.md section 1.8, "Lesion insertion"; P001 Fig. 7 and the ``simple_pseudo`` code):
+Method (Liu & Gu, MICCAI 2023, pseudo dataset; arXiv 2310.11040 Fig. 7; upstream ``simple_pseudo``):
 a healthy brain and a real lesion patient, both on the atlas working grid, are combined by
 histogram-matching the lesion patient's image to the healthy brain and replacing the healthy
 tissue inside the lesion mask. This module adds a known random deformation of the healthy brain
@@ -28,7 +28,7 @@ padding). On disk it is written with
 
 **Two ground truths follow from a case.**
 
-(a) The paper's mean deformation error (method.md section 1.9): register the pathological
+(a) The paper's mean deformation error (Liu & Gu, MICCAI 2023): register the pathological
     ``scan`` and its lesion-free twin ``healthy`` to the atlas with the same method and compare
     the two fields per region (in the lesion, near = within 30 mm of it, far), e.g. with
     :func:`napari_girnet.evaluation.metrics.mean_deformation_error`.
@@ -250,7 +250,7 @@ def _taper(n: int, width: float) -> np.ndarray:
 def random_velocity(
     shape: Sequence[int],
     seed: int | np.random.Generator,
-    smoothness_vox: float | Sequence[float] = 8.0,
+    smoothness_vox: float | Sequence[float] | np.ndarray = 8.0,
     taper: bool = True,
 ) -> np.ndarray:
     """A smooth random stationary velocity field with unit peak magnitude.
@@ -309,7 +309,7 @@ def _peak_mm(disp: torch.Tensor, spacing: torch.Tensor) -> float:
 
 def random_diffeomorphism(
     shape: Sequence[int],
-    spacing_mm: Sequence[float] | float,
+    spacing_mm: Sequence[float] | float | np.ndarray,
     peak_mm: float,
     seed: int | np.random.Generator,
     *,

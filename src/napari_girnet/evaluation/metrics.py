@@ -12,7 +12,7 @@ Registration
     :func:`mean_deformation_error` (GIRNet's MDE, Han et al., ISBI 2017),
     :func:`folding_fraction`, :func:`log_jacobian_std` (deformation quality).
 
-Definitions follow ``method.md`` section 1.9 and the readings G16, G17 and G21 of section 1.13.
+Definitions follow the evaluation of Liu & Gu, MICCAI 2023 (Dice, HD95, MDE) and its upstream code.
 Bad input raises :class:`ValueError` with a message naming the argument.
 """
 
@@ -86,7 +86,9 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) ->
         )
 
 
-def _check_spacing(spacing: Sequence[float] | None, ndim: int, name: str = "spacing") -> np.ndarray:
+def _check_spacing(
+    spacing: Sequence[float] | np.ndarray | None, ndim: int, name: str = "spacing"
+) -> np.ndarray:
     """Return the spacing as a float64 vector of length ``ndim`` (None -> 1 mm isotropic)."""
     if spacing is None:
         return np.ones(ndim, dtype=np.float64)
@@ -145,7 +147,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
     Notes
     -----
-    Standard (non flip-invariant) Dice, the reading G21 of ``method.md``: foreground = predicted
+    Standard (non flip-invariant) Dice, as in the paper's Table 1: foreground = predicted
     lesion against the whole-tumour ground truth. Dice (1945), Ecology 26(3).
     """
     a = _as_mask(pred, "pred", ndims=None)
@@ -159,7 +161,7 @@ def dice_flip_invariant(pred: np.ndarray, truth: np.ndarray) -> float:
 
     This is what the official GIRNet code reports and uses for checkpoint selection (IEM/ReDO
     convention for label-free segmentation). It can hide an inverted mask, so report the standard
-    :func:`dice` as the result and this value only as a diagnostic (``method.md`` G21).
+    :func:`dice` as the result and this value only as a diagnostic (upstream ``dice`` helper).
 
     Parameters
     ----------
@@ -259,8 +261,8 @@ def hd95(
     mask voxels on the array border are surface voxels. The directed distance of a surface voxel of
     one mask is the Euclidean distance (voxel centre to voxel centre, mm) to the nearest surface
     voxel of the other, from :func:`scipy.ndimage.distance_transform_edt` with
-    ``sampling=spacing``. Percentiles use numpy's linear interpolation. Not reported by GIRNet
-    (checklist item 31 of ``method.md``); Huttenlocher et al. (1993), IEEE TPAMI 15(9).
+    ``sampling=spacing``. Percentiles use numpy's linear interpolation. Not reported by GIRNet;
+    Huttenlocher et al. (1993), IEEE TPAMI 15(9).
     """
     if convention not in ("max", "pooled"):
         raise ValueError(f"convention: expected 'max' or 'pooled', got {convention!r}")
@@ -314,7 +316,7 @@ def assd(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = 
     return float((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size))
 
 
-def volume_mm3(mask: np.ndarray, spacing: Sequence[float]) -> float:
+def volume_mm3(mask: np.ndarray, spacing: Sequence[float] | np.ndarray) -> float:
     """Volume of a mask in mm³ (mm² for a 2D mask).
 
     Parameters
@@ -361,7 +363,7 @@ def tre(points_mapped_mm: np.ndarray, points_target_mm: np.ndarray) -> np.ndarra
     ----------
     points_mapped_mm : numpy.ndarray
         ``(N, 3)`` (or ``(N, 2)``) landmark positions after mapping, in mm. For the standard TRE
-        (``method.md`` G17) with a displacement ``u`` on the fixed grid (backward warp
+        (the standard definition) with a displacement ``u`` on the fixed grid (backward warp
         moving -> fixed): ``(q + u(q)) * spacing`` for fixed landmark voxel ``q`` (see
         :func:`sample_displacement`), or equivalently world coordinates.
     points_target_mm : numpy.ndarray
@@ -469,7 +471,7 @@ def sample_displacement(disp: np.ndarray, points_vox: np.ndarray, order: int = 1
 
     Notes
     -----
-    Standard TRE (``method.md`` G17): for a field ``u`` on the fixed grid mapping fixed voxels into
+    Standard TRE: for a field ``u`` on the fixed grid mapping fixed voxels into
     the moving image and fixed landmark voxel ``q``, the mapped point is ``q + u(q)``; compare it
     with the moving landmark (both converted to mm) using :func:`tre`.
     """
@@ -521,7 +523,7 @@ def mean_deformation_error(
         scan).
     disp_true : numpy.ndarray
         ``(ndim, *spatial)`` gold-standard displacement in voxels on the **same grid** (e.g. the
-        field obtained by registering the lesion-free original, ``method.md`` G16).
+        field obtained by registering the lesion-free original; Liu & Gu, MICCAI 2023).
     lesion : numpy.ndarray
         ``spatial``-shaped ground-truth lesion mask (``!= 0``) on that grid. Must be non-empty.
     brain : numpy.ndarray
@@ -559,7 +561,7 @@ def mean_deformation_error(
     -----
     Per-voxel error ``e(x) = sqrt(Σ_k (spacing_k (d_pred_k(x) - d_true_k(x)))²)``, which equals
     ``‖φ(x) - φ_gs(x)‖₂`` in mm for ``φ = id + d``. MDE as in Han et al., ISBI 2017, used by
-    GIRNet (``method.md`` 1.9, G16).
+    GIRNet (Liu & Gu, MICCAI 2023, evaluation).
     """
     u_pred = _check_disp(disp_pred, "disp_pred")
     u_true = _check_disp(disp_true, "disp_true")
@@ -647,7 +649,7 @@ def folding_fraction(jac_det: np.ndarray, mask: np.ndarray | None = None) -> flo
 
     Notes
     -----
-    Checklist item 32 of ``method.md``; GIRNet's code counts ``det J < 0`` (``neg_Jdet_count``),
+    GIRNet's upstream code counts ``det J < 0`` (``neg_Jdet_count``),
     we count ``det J <= 0`` (non-invertible or folded).
     """
     j = _check_jac(jac_det)
@@ -688,7 +690,7 @@ def log_jacobian_std(
     Notes
     -----
     Common deformation-regularity measure (e.g. Learn2Reg challenge "SDlogJ"; Hering et al. 2022,
-    IEEE TMI 42(3)); checklist item 32 of ``method.md``.
+    IEEE TMI 42(3)).
     """
     j = _check_jac(jac_det)
     m = _optional_mask(mask, j.shape, "mask")

@@ -1,4 +1,7 @@
-"""Writing evaluation results as JSON / CSV and printing them as a text table.
+"""Reports: the :class:`Provenance` of a result, and evaluation results as JSON / CSV / table.
+
+:class:`Provenance` is the one record of where a registration result came from; the API's
+``report.json``, the CLI and the napari layers' metadata are all built from it.
 
 A *results* mapping is a nested dict of metric values, e.g.::
 
@@ -21,17 +24,71 @@ import csv
 import json
 import logging
 import math
+import platform
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["flatten_results", "format_table", "write_report"]
+from .._version import __version__
+
+__all__ = ["Provenance", "flatten_results", "format_table", "write_report"]
 
 logger = logging.getLogger(__name__)
 
 _Scalar = float | int | bool | str | None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a registration result came from (JSON-ready through :meth:`to_dict`).
+
+    Attributes
+    ----------
+    model : str
+        ``"in-memory model"``, ``"checkpoint object"``, a checkpoint path, or the
+        randomly-initialised description.
+    model_sha256 : str or None
+        SHA-256 of the model's checkpoint file (None when not loaded from a file).
+    checkpoint, checkpoint_sha256 : str or None
+        The checkpoint written by fine-tuning on this scan, and its SHA-256.
+    seed, preset, config, device, precision, fine_tune_steps
+        The run's settings (``config`` is ``GIRNetConfig.to_dict()``).
+    instance_optimisation, lesion_detection : dict
+        What the instance optimisation and the lesion detection did (sources, thresholds).
+    preprocessing : dict
+        What the "prepare" stage decided about brain extraction and bias-field correction, and
+        why (:func:`napari_girnet.data.skullstrip.preprocess_raw`'s ``decision``).
+    torch_version : str
+        Version of torch that ran the networks.
+    napari_girnet_version, python, created
+        Filled in automatically.
+    """
+
+    model: str
+    model_sha256: str | None
+    seed: int
+    preset: str
+    config: dict[str, Any]
+    device: str
+    precision: str
+    fine_tune_steps: int
+    torch_version: str
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    instance_optimisation: dict[str, Any] = field(default_factory=dict)
+    lesion_detection: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    napari_girnet_version: str = __version__
+    python: str = field(default_factory=platform.python_version)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (nested dicts copied)."""
+        return asdict(self)
 
 
 def _scalar(value: Any, key: str) -> _Scalar:
