@@ -11,23 +11,46 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-_API = ("fit", "register", "evaluate", "prepare", "FitSession", "RegistrationResult")
+_API = (
+    "fit",
+    "register",
+    "register_steps",
+    "evaluate",
+    "prepare",
+    "FitSession",
+    "RegistrationResult",
+)
 
 __all__ = [  # noqa: RUF022 - version first, then the API in _API's order
     "__version__",
     "fit",
     "register",
+    "register_steps",
     "evaluate",
     "prepare",
     "FitSession",
     "RegistrationResult",
+    "register_many",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import FitSession, RegistrationResult, evaluate, fit, prepare, register
+    from .api import (
+        FitSession,
+        RegistrationResult,
+        evaluate,
+        fit,
+        prepare,
+        register,
+        register_steps,
+    )
+    from .cohort import register_many
 
 
 def __getattr__(name: str) -> Any:
+    if name == "register_many":  # cohorts: napari_girnet.cohort
+        from .cohort import register_many
+
+        return register_many
     if name in _API:
         from . import api
 

@@ -2,8 +2,8 @@
 
 One network takes one optimizer step per batch, cycling ``reg x k_reg -> seg x k_seg -> inp x
 k_inp`` (paper configuration 1/2/2: ``reg, seg, seg, inp, inp, reg, ...``); the other two are
-frozen (eval mode, no gradients) and run without autograd. Per step (Liu & Gu, MICCAI 2023;
-``shared/reference/method.md`` §1.6):
+frozen (eval mode, no gradients) and run without autograd. Per step (Liu & Gu, MICCAI 2023,
+training procedure of the Method section; upstream code github.com/ly1998117/GIRNet):
 
 ``reg``
     flows from the raw (scan, atlas); similarity terms on the inpainted scan (lesion filled by
@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import GIRNetConfig
 from .losses import inpainting_loss, registration_loss, segmentation_loss
@@ -142,7 +143,7 @@ class PairSampler:
         self.scans = [s.float() for s in scans]
         if isinstance(atlas, torch.Tensor):
             self.atlases = None
-            self.atlas = atlas.float()
+            self.atlas: torch.Tensor | None = atlas.float()
             if self.atlas.shape != shape:
                 raise ValueError(
                     f"atlas shape {tuple(self.atlas.shape)} != scan shape {tuple(shape)}"
@@ -168,6 +169,7 @@ class PairSampler:
         idx = [self._index(step * self.batch_size + b) for b in range(self.batch_size)]
         scan = torch.stack([self.scans[i] for i in idx])
         if self.atlases is None:
+            assert self.atlas is not None
             atlas = self.atlas.unsqueeze(0)
         else:
             atlas = torch.stack([self.atlases[i] for i in idx])
@@ -234,6 +236,10 @@ class CoLearner:
         self.last_checkpoint: Path | None = None
         self._stop = threading.Event()
         self._in_update = False
+        # data-parallel under torchrun: this rank's share of each global batch, gradients of the
+        # stepped network averaged over ranks, checkpoints from rank 0 (core/distributed.py)
+        self.dist = distributed.current()
+        self._synced = self.dist is None
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -288,12 +294,15 @@ class CoLearner:
             ``"stopped"``) carrying the last checkpoint path.
         """
         self._stop.clear()
+        if not self._synced:  # identical weights on every rank before the first step
+            distributed.broadcast_module(self.model, self.dist)
+            self._synced = True
         total = self.total_steps
         end = total if n is None else min(total, self.step + n)
         t_start = time.perf_counter()
         every = self.config.runtime.checkpoint_every
         while self.step < end:
-            if self._stop.is_set():
+            if distributed.any_rank(self._stop.is_set(), self.dist):  # all ranks stop together
                 ckpt = self._save_last()
                 log.info("co-learning stopped at step %d", self.step)
                 yield self._final("stopped", total, t_start, ckpt)
@@ -350,9 +359,10 @@ class CoLearner:
             loss, terms = {"reg": self._reg_loss, "seg": self._seg_loss, "inp": self._inp_loss}[
                 tag
             ](scan, atlas, guide)
-        if not torch.isfinite(loss):
+        loss_value = distributed.all_reduce_mean(loss.detach(), self.dist)  # all ranks agree
+        if not torch.isfinite(loss_value):
             raise FloatingPointError(
-                f"non-finite {tag} loss at step {self.step + 1} ({loss.item()}); "
+                f"non-finite {tag} loss at step {self.step + 1} ({loss_value.item()}); "
                 "the last checkpoint is kept — lower the learning rate or check the inputs"
             )
         lr = self.learning_rate(tag)
@@ -363,10 +373,12 @@ class CoLearner:
         self._in_update = True
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            distributed.average_gradients(net, self.dist)
             self.scaler.step(opt)
             self.scaler.update()
         else:
             loss.backward()
+            distributed.average_gradients(net, self.dist)
             opt.step()
         self.net_steps[tag] += 1
         self.step += 1
@@ -375,7 +387,7 @@ class CoLearner:
             step=self.step,
             total_steps=self.total_steps,
             phase=tag,
-            loss=float(loss.detach()),
+            loss=float(loss_value),
             terms={k: float(v) for k, v in terms.items()},
             lr={t: self.learning_rate(t) for t in TAGS},
             seconds=time.perf_counter() - t0,
@@ -385,7 +397,9 @@ class CoLearner:
         sampler = self.pretrain_sampler or self.sampler
         scan, atlas, given_guide = self._batch(sampler)
         g = torch.Generator().manual_seed(self.config.runtime.seed * 1_000_003 + self.step)
-        hole = self.runtime.prepare(random_box_mask(tuple(scan.shape[2:]), g, scan.shape[0]))
+        world = 1 if self.dist is None else self.dist.world_size  # boxes of the global batch
+        boxes = random_box_mask(tuple(scan.shape[2:]), g, scan.shape[0] * world)
+        hole = self.runtime.prepare(distributed.shard_batch([boxes], self.dist)[0])
         inp = self.model.inp
         inp.train()
         with frozen(self.model.reg, self.model.seg):
@@ -393,12 +407,14 @@ class CoLearner:
             loss, terms = pretrain_inpainter_loss(
                 inp, scan, guide, hole, self.runtime, histmatch=self.config.loss.histmatch
             )
-        if not torch.isfinite(loss):
+        loss_value = distributed.all_reduce_mean(loss.detach(), self.dist)
+        if not torch.isfinite(loss_value):
             raise FloatingPointError(f"non-finite pretraining loss at step {self.step + 1}")
         opt = self.pretrain_optimizer
         opt.zero_grad(set_to_none=True)
         self._in_update = True
         loss.backward()
+        distributed.average_gradients(inp, self.dist)
         opt.step()
         self.step += 1
         self._in_update = False
@@ -406,7 +422,7 @@ class CoLearner:
             step=self.step,
             total_steps=self.total_steps,
             phase="pretrain",
-            loss=float(loss.detach()),
+            loss=float(loss_value),
             terms={k: float(v) for k, v in terms.items()},
             lr={"inp": self.config.schedule.pretrain_lr},
             seconds=time.perf_counter() - t0,
@@ -428,7 +444,7 @@ class CoLearner:
 
     def _batch(self, sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(scan, atlas, guide or None)`` of the current step, on the device."""
-        batch = sampler(self.step)
+        batch = distributed.shard_batch(sampler(self.step), self.dist)
         if len(batch) not in (2, 3):
             raise ValueError("a sampler returns (scan, atlas) or (scan, atlas, guide)")
         prepared = [self.runtime.prepare(t) for t in batch]
@@ -510,6 +526,8 @@ class CoLearner:
             "seed": self.config.runtime.seed,
             "device": str(self.runtime.device),
             "precision": self.runtime.precision,
+            "world_size": 1 if self.dist is None else self.dist.world_size,
+            "backend": None if self.dist is None else self.dist.backend,
         }
         return Checkpoint(
             config=self.config,
@@ -524,8 +542,8 @@ class CoLearner:
         return save_checkpoint(self.checkpoint(), path)
 
     def _save_last(self) -> Path | None:
-        if self.checkpoint_dir is None:
-            return None
+        if self.checkpoint_dir is None or not (self.dist is None or self.dist.is_main):
+            return None  # rank 0 alone writes
         self.last_checkpoint = self.save(self.checkpoint_dir / "last.pt")
         return self.last_checkpoint
 
