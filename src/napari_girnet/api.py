@@ -90,16 +90,14 @@ def register(
 ) -> RegistrationResult:
     """Register a pathological scan to the atlas, find and inpaint its lesion.
 
-    The stages of :mod:`napari_girnet.pipeline`: prepare (brain mask, normalisation, affine
-    alignment) -> [fine-tune] -> detect (SegNet, or the atlas outlier) -> [instance-optimise,
-    detect again] -> predict -> [refine] -> map back to the scan's and the atlas' grids.
+    Drives the stages of :mod:`napari_girnet.pipeline` (prepare -> [fine-tune] -> detect ->
+    [instance-optimise, detect again] -> predict -> [refine] -> map back) to the end;
     :func:`register_steps` is the same run as an iterable of stage events.
 
     Parameters
     ----------
     scan, atlas : path, Volume or (array, affine); atlas also "mni152" or an Atlas
-        T1 scan (3D, real-valued; skull-stripped or raw, see ``skull_strip``) and the template
-        (skull-stripped).
+        T1 scan (3D, real; raw or skull-stripped) and the skull-stripped template.
     model : GIRNet, Checkpoint or path, optional
         Default: the pretrained model bundled for the preset; random weights drawn from
         ``seed`` when none ships.
@@ -109,30 +107,25 @@ def register(
     fine_tune_steps, instance_steps : int, optional
         Co-learning steps on this scan before prediction, and instance-optimisation steps
         refining its registration (3D only); defaults from ``config.schedule``; 0 = none.
-    pseudo_cases : int, optional
-        Pseudo-pathological cases mixed into fine-tuning (default 8); ``exclude_lesions``
-        names lesion sources left out of them.
+    pseudo_cases, exclude_lesions : optional
+        Pseudo cases mixed into fine-tuning (default 8), lesion sources left out of them.
     seed : int
         Seed of the random weights (when no model ships), the alignment and the fine-tuning;
         the same seed on CPU gives the same bytes (global generators are never reseeded).
     device : str, optional
         Overrides ``config.runtime.device``; ``checkpoint_dir`` receives fine-tuning's ``last.pt``.
     truth : path/Volume, optional
-        Ground-truth lesion mask on the scan's grid: adds ``dice``, ``hd95_mm`` and volumes to
-        ``metrics`` (:func:`napari_girnet.evaluation.measure.mask_metrics`).
+        Lesion mask on the scan's grid: Dice, HD95, volumes in ``metrics``.
     inference : InferenceConfig or dict, optional
         The one way to change how the mask is made
         (:class:`~napari_girnet.detection.InferenceConfig`): e.g. ``{"detector": "segnet"}``,
         ``{"refine": False}``, ``{"outlier_polarity": "hyper"}`` for contrast-enhanced T1 or
         FLAIR, ``{"outlier_min_volume_mm3": 1000}``.
     skull_strip : {"auto", "yes", "no"}
-        Brain extraction and N4 bias-field correction before the alignment
-        (:func:`napari_girnet.data.skullstrip.preprocess_raw`): ``"auto"`` runs them only when the
-        scan is not already skull-stripped; the decision and its reason go to
-        ``provenance["preprocessing"]``, and ``brain_mask`` / ``bias_corrected`` to the result.
+        Brain extraction + N4 first (:func:`napari_girnet.data.skullstrip.preprocess_raw`);
+        ``"auto"``: only for a scan with skull (decision in ``provenance["preprocessing"]``).
     progress : callable, optional
-        Called with every :class:`~napari_girnet.pipeline.StageEvent` (stage starts and ends,
-        each fine-tuning step with its ``TrainingReport``).
+        Called with every :class:`~napari_girnet.pipeline.StageEvent`.
 
     Raises
     ------

@@ -1,7 +1,8 @@
 """Build on-grid volumes from the raw public data (Colin27 + AAL, MS patients, TCGA glioma).
 
-Every builder reads the raw files of the shared data folder (layout of
-``/work/shared/data``, see its README) and returns :class:`~napari_girnet.data.volume.Volume`
+Every builder reads the raw files of a data folder holding the public sources listed in
+``datasets/files/LICENSES.md`` (``colin27/``, ``ms-lesions/``, ``glioma-tcga-du-7294/``) and
+returns :class:`~napari_girnet.data.volume.Volume`
 objects on GIRNet's atlas working grid of the requested resolution
 (:func:`~napari_girnet.data.atlas.load_atlas`: ``"2mm"`` = 80 x 96 x 80 at 2 mm, ``"1mm"`` =
 160 x 192 x 144 at 1 mm; canonical RAS voxel order). Images are float32 in [0, 1] inside the
