@@ -99,8 +99,7 @@ def register(
     scan, atlas : path, Volume or (array, affine); atlas also "mni152" or an Atlas
         T1 scan (3D, real; raw or skull-stripped) and the skull-stripped template.
     model : GIRNet, Checkpoint or path, optional
-        Default: the pretrained model bundled for the preset; random weights drawn from
-        ``seed`` when none ships.
+        Default: the model bundled for the preset; random weights from ``seed`` if none ships.
     config : preset name or GIRNetConfig, optional
         Default: the model's own config (``"cpu-2mm"`` for the bundled/random model). When
         given together with a model made for another preset, the model is refused.
