@@ -114,3 +114,31 @@ def test_seeded_model_uses_a_local_generator():
         assert torch.equal(pa, pl)
     with pytest.raises(ValueError, match="seed"):
         GIRNet(cfg, seed=1.5)  # type: ignore[arg-type]
+
+
+def test_random_model_request_and_fine_tune_default(monkeypatch, tmp_path):
+    """``model="random"`` gives random weights even where a model ships; a trained model is
+    applied as is (no per-scan co-learning by default), random weights are fine-tuned."""
+    from napari_girnet.core.checkpoint import Checkpoint, save_checkpoint
+    from napari_girnet.pipeline import models
+    from napari_girnet.pipeline.models import RANDOM_REQUESTED, load_model
+    from napari_girnet.pipeline.stages import resolve_run
+
+    cfg = preset("test")
+    shipped = tmp_path / "test.pt"
+    trained = GIRNet(cfg, seed=1)
+    save_checkpoint(
+        Checkpoint(config=cfg, model={k: n.state_dict() for k, n in trained.networks.items()}),
+        shipped,
+    )
+    monkeypatch.setattr(models, "bundled_model_path", lambda name: shipped)
+    bundled = load_model(None, cfg, seed=0, explicit=True)
+    assert not bundled.untrained and bundled.description == str(shipped)
+    random = load_model("random", cfg, seed=0, explicit=True)
+    assert random.untrained and random.description == RANDOM_REQUESTED
+    pairs = zip(random.net.parameters(), bundled.net.parameters(), strict=True)
+    assert any(not torch.equal(pr, pb) for pr, pb in pairs)
+    _, _, steps_trained = resolve_run("test", None, 0, "cpu", None, None)
+    _, _, steps_random = resolve_run("test", "random", 0, "cpu", None, None)
+    _, _, steps_asked = resolve_run("test", None, 0, "cpu", None, 3)
+    assert (steps_trained, steps_random, steps_asked) == (0, cfg.schedule.fine_tune_steps, 3)

@@ -11,11 +11,19 @@ from ..core.checkpoint import Checkpoint, CheckpointError, file_sha256
 from ..core.config import PRESETS, GIRNetConfig
 from ..core.model import GIRNet
 
-__all__ = ["RANDOM_MODEL", "LoadedModel", "ModelLike", "bundled_model_path", "load_model"]
+__all__ = [
+    "RANDOM_MODEL",
+    "RANDOM_REQUESTED",
+    "LoadedModel",
+    "ModelLike",
+    "bundled_model_path",
+    "load_model",
+]
 
 ModelLike = GIRNet | Checkpoint | str | os.PathLike | None
 
 RANDOM_MODEL = "randomly initialised (no bundled model for this preset)"
+RANDOM_REQUESTED = "randomly initialised (model='random')"
 
 
 def bundled_model_path(preset_name: str) -> Path | None:
@@ -35,8 +43,8 @@ class LoadedModel:
 
     @property
     def untrained(self) -> bool:
-        """True for random weights (no bundled model for the preset)."""
-        return self.description == RANDOM_MODEL
+        """True for random weights (no bundled model for the preset, or ``model="random"``)."""
+        return self.description in (RANDOM_MODEL, RANDOM_REQUESTED)
 
 
 def load_model(model: ModelLike, cfg: GIRNetConfig, seed: int, *, explicit: bool) -> LoadedModel:
@@ -44,10 +52,11 @@ def load_model(model: ModelLike, cfg: GIRNetConfig, seed: int, *, explicit: bool
 
     Parameters
     ----------
-    model : GIRNet, Checkpoint, path or None
+    model : GIRNet, Checkpoint, path, "random" or None
         None: the bundled model of ``cfg.preset``, or random weights drawn from ``seed`` (a
-        local generator; the global torch generator is left untouched) when none ships. A
-        directory means its ``last.pt``.
+        local generator; the global torch generator is left untouched) when none ships.
+        ``"random"``: random weights even when a model ships (the pipeline without a trained
+        model, e.g. as a benchmark row). A directory means its ``last.pt``.
     cfg : GIRNetConfig
         The requested configuration.
     seed : int
@@ -71,6 +80,8 @@ def load_model(model: ModelLike, cfg: GIRNetConfig, seed: int, *, explicit: bool
         if path is None:
             return LoadedModel(GIRNet(cfg, seed=seed), RANDOM_MODEL, None)
         loaded = LoadedModel(GIRNet.from_checkpoint(path), str(path), file_sha256(path))
+    elif isinstance(model, str) and model == "random":
+        return LoadedModel(GIRNet(cfg, seed=seed), RANDOM_REQUESTED, None)
     elif isinstance(model, str | os.PathLike):
         path = Path(model)
         if path.is_dir():

@@ -65,9 +65,12 @@ def resolve_run(
 ) -> tuple[GIRNetConfig, LoadedModel, int]:
     """The run's config, the model to apply and the number of fine-tuning steps.
 
-    Without ``config`` the model's own config is used (``"cpu-2mm"`` for the bundled/random
-    model); with it, a model made with another preset is refused. ``seed`` seeds the random
-    weights (when no model ships) and every later random choice.
+    Fine-tuning defaults to ``config.schedule.fine_tune_steps`` for random weights (no model
+    ships for the preset) and to none for a trained model (bundled or given), as GIRNet applies
+    its networks without per-scan co-learning. Without ``config`` the model's own config is used
+    (``"cpu-2mm"`` for the bundled/random model); with it, a model made with another preset is
+    refused. ``seed`` seeds the random weights (when no model ships) and every later random
+    choice.
     """
     loaded = load_model(model, resolve_config(config), seed, explicit=config is not None)
     cfg = loaded.net.config if config is None else resolve_config(config)
@@ -78,7 +81,10 @@ def resolve_run(
     icfg = resolve_inference(cfg.inference, inference)
     if icfg != cfg.inference:
         cfg = cfg.override(inference=asdict(icfg))
-    steps = cfg.schedule.fine_tune_steps if fine_tune_steps is None else int(fine_tune_steps)
+    if fine_tune_steps is not None:
+        steps = int(fine_tune_steps)
+    else:  # GIRNet applies a trained model as is; only random weights are co-learned per scan
+        steps = cfg.schedule.fine_tune_steps if loaded.untrained else 0
     cfg = cfg.override(schedule={"steps": steps, "pretrain_inp_steps": 0})
     return cfg, loaded, steps
 
