@@ -15,7 +15,7 @@ Tasks:
 * ``longitudinal``: not implemented yet (TRE on synthetic pre/post pairs). Extension point:
   add a :class:`TaskInputs` provider to :data:`TASKS` (reference image, mask, truth).
 
-    python benchmarks/peers.py                       # 6 cases, healthy task, no model row
+    python benchmarks/peers.py                       # 6 cases, healthy task, shipped model
     python benchmarks/peers.py --model runs/model/last.pt --tasks healthy,atlas
     python benchmarks/peers.py --n 1 --methods identity,ants   # smoke run
 """
@@ -245,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(f"oasis{s}" for s in C.HELD_OUT_OASIS),
         help="healthy brains, in turn: oasisID or mni152 (default: the held-out OASIS ones)",
     )
-    p.add_argument("--model", default=None, help="trained GIRNet checkpoint (the 'girnet' row)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="trained GIRNet checkpoint (the 'girnet' row; default: the shipped cpu-2mm model)",
+    )
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--cases", type=Path, default=REPO / "runs" / "peers-cases")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "peers")
@@ -268,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"methods must be among {', '.join(R.METHODS)}")
     notes = []
     if "girnet" in methods and not args.model:
-        methods.remove("girnet")
-        notes.append("row 'girnet' skipped: no trained model given (--model PATH)")
+        from napari_girnet.pipeline import bundled_model_path
+
+        bundled = bundled_model_path("cpu-2mm")
+        if bundled is None:
+            methods.remove("girnet")
+            notes.append("row 'girnet' skipped: no model ships and none given (--model PATH)")
+        else:
+            args.model = str(bundled)
+            notes.append(f"row 'girnet': the shipped model {bundled.name}")
     kinds = [k for k in args.kinds.split(",") if k]
     brains = [b for b in args.brains.split(",") if b]
     t_start = time.perf_counter()

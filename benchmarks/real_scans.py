@@ -1,10 +1,13 @@
-"""`girnet register` on the real native scans of ../shared/data: Dice, HD95 and wall time.
+"""`girnet register` on real native scans: Dice, HD95, false lesion volume, wall time, memory.
 
     python benchmarks/real_scans.py [--data-dir ../shared/data] [--out runs/real] [--preset cpu-2mm]
 
 Runs the CLI exactly as a user would (a subprocess per scan, default settings of the preset: the
-bundled model, or random weights, fine-tuned on the scan), then prints the table from each
-``report.json``. Colin27 is a healthy brain: whatever mask it gets is a false positive.
+bundled model applied as is, or random weights fine-tuned on the scan when none ships), then
+prints the table from each ``report.json`` with the peak resident memory of the subprocess (GNU
+``/usr/bin/time``). None of these scans is used in training. Colin27 (``ch2bet``) and the two
+neurite-OASIS example brains of the public SymNet repository (``oasisA``, ``oasisB``; 1 mm,
+LIA, skull-stripped) are healthy: whatever mask they get is a false positive.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ CASES = {
         "glioma-tcga-du-7294/TCGA-DU-7294_tumor_seg_fusion.nii.gz",
     ),
     "colin27": ("colin27/ch2bet.nii.gz", None),  # healthy: any mask is a false positive
+    "oasisA": ("../weights/symnet-oasis/oasis_image_A.nii.gz", None),  # healthy
+    "oasisB": ("../weights/symnet-oasis/oasis_image_B.nii.gz", None),  # healthy
     "ms19": (
         "ms-lesions/patient19/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
         "ms-lesions/patient19/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
@@ -40,9 +45,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/real")
     parser.add_argument("--preset", default="cpu-2mm")
-    parser.add_argument(
-        "--cases", nargs="+", default=["glioma", "ms07", "ms19", "colin27"], choices=list(CASES)
-    )
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument(
         "--extra",
         nargs=argparse.REMAINDER,
@@ -72,17 +75,21 @@ def main() -> None:
         if truth_rel is not None:
             cmd += ["--truth", str(data / truth_rel)]
         print("$", " ".join(cmd), flush=True)
+        timer = Path(args.out) / f"{name}.time"
+        timer.parent.mkdir(parents=True, exist_ok=True)
+        gnu_time = ["/usr/bin/time", "-f", "%M", "-o", str(timer)]
         t0 = time.perf_counter()
-        code = subprocess.call(cmd)
+        code = subprocess.call((gnu_time if Path(gnu_time[0]).is_file() else []) + cmd)
         wall = time.perf_counter() - t0
+        rss = f"{int(timer.read_text().split()[-1]) / 1024:.0f}" if timer.is_file() else "?"
         if code != 0:
-            rows.append((name, f"failed (exit {code})", "", "", "", f"{wall:.0f}"))
+            rows.append((name, f"failed (exit {code})", "", "", "", f"{wall:.0f}", rss))
             continue
         rep = json.loads((out / "report.json").read_text())
         m = rep["metrics"]
         pred_ml = rep["lesion_volume_mm3"] / 1000
         if not m:  # healthy scan, no truth
-            rows.append((name, "-", "-", f"{pred_ml:.1f}", "0 (healthy)", f"{wall:.0f}"))
+            rows.append((name, "-", "-", f"{pred_ml:.1f}", "0 (healthy)", f"{wall:.0f}", rss))
             continue
         rows.append(
             (
@@ -92,11 +99,13 @@ def main() -> None:
                 f"{pred_ml:.1f}",
                 f"{m['truth_volume_mm3'] / 1000:.1f}",
                 f"{wall:.0f}",
+                rss,
             )
         )
-    print(f"\n{'case':<8} {'Dice':>6} {'HD95 mm':>8} {'pred mL':>8} {'truth mL':>9} {'wall s':>7}")
+    print("\n| case | Dice | HD95 (mm) | predicted (mL) | truth (mL) | wall (s) | peak RSS (MiB) |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for row in rows:
-        print(f"{row[0]:<8} {row[1]:>6} {row[2]:>8} {row[3]:>8} {row[4]:>9} {row[5]:>7}")
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Methods (rows of the table):
 * ``ants-masked``: the same with cost-function masking: the fixed-image metric mask is the scan's
   brain minus the true lesion dilated by :data:`MASK_DILATION_VOX` voxels (an oracle: it needs
   the true lesion).
-* ``girnet-untrained``: the GIRNet pipeline without ``--model`` (today: randomly initialised
+* ``girnet-untrained``: the GIRNet pipeline with ``--model random`` (randomly initialised
   networks, fine-tuned on the scan, instance optimisation, atlas-outlier lesion detector).
-* ``girnet``: the same with ``--model PATH`` (the shipped model); skipped without a model.
+* ``girnet``: the same with ``--model PATH`` (default: the shipped model, applied without
+  per-scan co-learning); skipped when no model ships and none is given.
 
 Atlas task: GIRNet runs through the CLI, ``girnet register SCAN --out DIR --truth LESION
 --threads T --seed 0 [--model PATH]``. Healthy task: the CLI's ``--atlas`` affinely re-aligns a
@@ -119,7 +120,10 @@ def command(job: Job, threads: int, seed: int = 0) -> list[str]:
         return [*cmd, "--out", str(job.out)]
     if job.method not in GIRNET_METHODS:
         raise ValueError(f"unknown method {job.method!r}; valid: {', '.join(METHODS)}")
-    model = ["--model", job.model] if job.method == "girnet" and job.model else []
+    if job.method == "girnet-untrained":
+        model = ["--model", "random"]  # random weights even where a model ships
+    else:
+        model = ["--model", job.model] if job.model else []
     truth = ["--truth", str(job.lesion)] if job.lesion else []
     if job.task == "atlas":
         return [
