@@ -15,10 +15,12 @@ _API = (
     "fit",
     "register",
     "register_steps",
+    "register_pair",
     "evaluate",
     "prepare",
     "FitSession",
     "RegistrationResult",
+    "PairResult",
 )
 
 __all__ = [  # noqa: RUF022 - version first, then the API in _API's order
@@ -26,21 +28,25 @@ __all__ = [  # noqa: RUF022 - version first, then the API in _API's order
     "fit",
     "register",
     "register_steps",
+    "register_pair",
     "evaluate",
     "prepare",
     "FitSession",
     "RegistrationResult",
+    "PairResult",
     "register_many",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import (
         FitSession,
+        PairResult,
         RegistrationResult,
         evaluate,
         fit,
         prepare,
         register,
+        register_pair,
         register_steps,
     )
     from .cohort import register_many

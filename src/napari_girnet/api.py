@@ -31,6 +31,8 @@ from .evaluation.measure import label_dice, landmark_tre, mask_metrics
 from .pipeline import (
     FitSession,
     ModelLike,
+    PairResult,
+    PairSession,
     RegistrationCancelled,
     RegistrationResult,
     RegistrationSession,
@@ -40,6 +42,7 @@ from .pipeline import (
     bundled_model_path,
     fit,
     load_atlas_for,
+    pair_steps,
     prepare,
     register_steps,
     resolve_config,
@@ -50,6 +53,8 @@ from .pipeline.training import pseudo_case_images
 __all__ = [
     "FitSession",
     "InferenceConfig",
+    "PairResult",
+    "PairSession",
     "RegistrationCancelled",
     "RegistrationResult",
     "RegistrationSession",
@@ -59,10 +64,12 @@ __all__ = [
     "evaluate",
     "fit",
     "load_atlas_for",
+    "pair_steps",
     "prepare",
     "pseudo_case_images",
     "refine_on_grid",
     "register",
+    "register_pair",
     "register_steps",
     "resolve_config",
     "staged_directory",
@@ -148,6 +155,86 @@ def register(
         checkpoint_dir=checkpoint_dir,
         inference=inference,
         skull_strip=skull_strip,
+    )
+    return session.run(progress)
+
+
+# ----------------------------------------------------------------------------- register_pair
+def register_pair(
+    moving: ScanLike,
+    fixed: ScanLike,
+    model: ModelLike = None,
+    *,
+    config: GIRNetConfig | str | None = None,
+    fine_tune_steps: int | None = None,
+    instance_steps: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    truth: ScanLike | None = None,
+    inference: InferenceConfig | dict[str, Any] | None = None,
+    skull_strip: str = "auto",
+    landmarks_moving: str | os.PathLike | None = None,
+    landmarks_fixed: str | os.PathLike | None = None,
+    progress: Callable[[StageEvent], None] | None = None,
+) -> PairResult:
+    """Register a patient's scan (moving, e.g. pre-operative) onto another of its scans (fixed,
+    e.g. the follow-up), both possibly pathological.
+
+    Both scans are brain-masked and normalised (``skull_strip`` as in :func:`register`). The
+    fixed scan is put on the preset's MNI152 working grid by its own affine alignment to
+    MNI152 (this only orients the grid) and its brain there is GIRNet's atlas; the moving scan
+    is aligned directly to the fixed scan (search, rigid, similarity, affine) and the stages of
+    :func:`register` run on the pair (:func:`napari_girnet.pipeline.pair_steps`). The lesion is
+    segmented and inpainted in the MOVING scan only: a lesion (or resection cavity) also
+    present in the fixed scan is not masked, and the LNCC similarity is still computed there.
+
+    Parameters
+    ----------
+    moving, fixed : path, Volume or (array, affine)
+        3D T1 scans of the same patient (raw or skull-stripped).
+    model, config, fine_tune_steps, instance_steps, seed, device, inference, skull_strip
+        As in :func:`register` (no pseudo cases are mixed into fine-tuning: the atlas here is
+        a pathological scan).
+    truth : path/Volume, optional
+        Lesion mask on the moving scan's grid: Dice, HD95 in ``result.registration.metrics``.
+    landmarks_moving, landmarks_fixed : path, optional
+        Landmark CSVs (BraTS-Reg ``Landmark,X,Y,Z`` LPS or ``id,x,y,z`` RAS), paired by id:
+        ``result.tre`` = ``{"before": ..., "after": ...}`` (mm), before = identity, after =
+        fixed landmark ``p`` mapped to ``p + d(p)`` by ``field_fixed_to_moving``.
+    progress : callable, optional
+        Called with every :class:`~napari_girnet.pipeline.StageEvent`.
+
+    Returns
+    -------
+    PairResult
+        ``registration`` (the moving-side :class:`RegistrationResult`, moving grid),
+        ``moved`` / ``inpainted_on_fixed`` / ``lesion_mask_on_fixed`` / ``jacobian_on_fixed``
+        on the fixed scan's native grid, ``field_fixed_to_moving`` ``(3, X, Y, Z)`` RAS mm on
+        the fixed grid (fixed point ``p`` -> moving point ``p + d(p)``) and
+        ``field_moving_to_fixed`` on the moving grid (moving ``x`` -> fixed ``x + d(x)``).
+
+    Raises
+    ------
+    ValueError
+        Landmarks for one scan only.
+    VolumeError, PreprocessError, LandmarkError, CheckpointError, ConfigError
+        A 2D or empty scan, a bad grid or affine, a truth mask off the moving grid, landmark
+        ids that differ (naming both files); each message names the input.
+    """
+    session = pair_steps(
+        moving,
+        fixed,
+        model,
+        config=config,
+        fine_tune_steps=fine_tune_steps,
+        instance_steps=instance_steps,
+        seed=seed,
+        device=device,
+        truth=truth,
+        inference=inference,
+        skull_strip=skull_strip,
+        landmarks_moving=landmarks_moving,
+        landmarks_fixed=landmarks_fixed,
     )
     return session.run(progress)
 

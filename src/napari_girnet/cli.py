@@ -276,11 +276,78 @@ def _cmd_register_many(args: argparse.Namespace) -> int:
     return 3 if count["failed"] else 0
 
 
+def _cmd_register_pair(args: argparse.Namespace) -> int:
+    """Pair mode of ``register`` (``--fixed``): the scan registered onto another scan."""
+    from . import api
+    from .qc import qc_montage
+
+    refused = [
+        ("several scans", len(args.scan) > 1),
+        ("--sample", bool(args.sample)),
+        ("--atlas", str(args.atlas).lower() not in ("mni152", "mni", "default")),
+        ("--truth-dir", args.truth_dir is not None),
+        ("--resume", bool(args.resume)),
+        ("--jobs", args.jobs != 1),
+    ]
+    bad = [name for name, given in refused if given]
+    if bad:
+        raise ValueError(
+            f"--fixed {args.fixed}: pair mode takes one SCAN; not with {', '.join(bad)}"
+        )
+    if not args.scan:
+        raise ValueError(f"--fixed {args.fixed}: give the moving SCAN too")
+    _check_scans([args.scan[0], args.fixed])
+    if args.truth is not None:
+        _check_truth(args.truth, args.scan[0])
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    with api.staged_directory(out) as tmp:
+        session = api.pair_steps(
+            args.scan[0], args.fixed, args.model, config=args.preset,
+            fine_tune_steps=args.steps, instance_steps=args.instance_steps, seed=args.seed,
+            device=args.device, truth=args.truth, inference=_inference_options(args),
+            skull_strip=args.skull_strip, landmarks_moving=args.landmarks_moving,
+            landmarks_fixed=args.landmarks_fixed,
+        )  # fmt: skip
+        bar = _StageProgress()
+        try:
+            result = session.run(bar)
+        finally:
+            bar.close()
+        names = result.write_files(tmp)
+        if args.qc:
+            names["qc"] = qc_montage(
+                result.fixed, result.lesion_mask_on_fixed, result.inpainted_on_fixed,
+                result.moved, result.jacobian_on_fixed, tmp / "qc.png",
+                title=f"GIRNet pair — {Path(str(result.moving.name)).name} on "
+                f"{Path(str(result.fixed.name)).name}",
+            ).name  # fmt: skip
+    _out(f"outputs written to {out.resolve()}")
+    for key in sorted(names):
+        _out(f"  {key}: {names[key]}")
+    line = f"lesion volume {result.report()['lesion_volume_mm3'] / 1000:.1f} mL"
+    m = result.registration.metrics
+    if "dice" in m:
+        line += f", Dice {m['dice']:.3f}, HD95 {m['hd95_mm']:.1f} mm"
+    _out(line + f", total {time.perf_counter() - t0:.0f} s")
+    if result.tre is not None:
+        b, a = result.tre["before"], result.tre["after"]
+        _out(
+            f"TRE ({a['n']} landmarks): before {b['mean']:.2f} +/- {b['sd']:.2f} mm, "
+            f"after {a['mean']:.2f} +/- {a['sd']:.2f} mm"
+        )
+    return 0
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     from . import api
     from .data.nifti import write_nifti
     from .qc import qc_montage
 
+    if args.fixed is not None:
+        return _cmd_register_pair(args)
+    if args.landmarks_moving is not None or args.landmarks_fixed is not None:
+        raise ValueError("--landmarks-moving/--landmarks-fixed need --fixed (pair mode)")
     if _is_cohort(args):
         return _cmd_register_many(args)
     truth = args.truth
@@ -372,9 +439,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init = api.bundled_model_path(args.preset)
         if init is None:
             raise ValueError(f"no bundled model for preset {args.preset!r}")
-    _check_scans(args.scans, args.atlas)
+    pairs = [(m, f) for m, f in args.pair or []]  # longitudinal: each scan's follow-up is its T
+    if args.pairs:
+        from .pipeline.training import read_pairs_csv
+
+        pairs += [(str(m), str(f)) for m, f in read_pairs_csv(args.pairs)]
+    if pairs and args.scans:
+        raise ValueError("give scans or --pair/--pairs (longitudinal pairs), not both")
+    scans = [m for m, _ in pairs] if pairs else args.scans
+    fixed = [f for _, f in pairs] if pairs else None
+    _check_scans([*scans, *(fixed or [])], args.atlas)
     session = api.fit(
-        args.scans,
+        scans,
+        fixed=fixed,
+        skull_strip=args.skull_strip,
         atlas=args.atlas,
         config=config,
         checkpoint_dir=args.out,
@@ -646,6 +724,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.1)",
     )
     p.add_argument("--qc", action="store_true", help="write qc.png, a montage of key slices")
+    pair = p.add_argument_group("pair mode (one patient's SCAN registered onto another scan)")
+    pair.add_argument(
+        "--fixed",
+        default=None,
+        metavar="NIFTI",
+        help="register SCAN (moving, e.g. pre-operative) onto this scan (fixed, e.g. the "
+        "follow-up) instead of the atlas; outputs on both grids (docs/longitudinal.md)",
+    )
+    pair.add_argument(
+        "--landmarks-moving",
+        default=None,
+        metavar="CSV",
+        help="with --fixed: landmarks of SCAN; TRE before/after goes to report.json",
+    )
+    pair.add_argument(
+        "--landmarks-fixed",
+        default=None,
+        metavar="CSV",
+        help="with --fixed: landmarks of the fixed scan, paired with --landmarks-moving by id",
+    )
     cohort = p.add_argument_group("cohorts (several scans, a glob or a folder)")
     cohort.add_argument(
         "--jobs",
@@ -684,6 +782,27 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C stops cleanly, rerunning the same command resumes.",
     )
     p.add_argument("scans", nargs="*", help="skull-stripped T1 NIfTI files")
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("MOVING", "FIXED"),
+        help="longitudinal training (repeatable): a pre-operative scan and its follow-up, "
+        "which is its atlas T (GIRNet's BraTS-Reg setting); --pseudo-cases keep the atlas",
+    )
+    p.add_argument(
+        "--pairs",
+        metavar="PAIRS.csv",
+        help="longitudinal pairs from a CSV with columns moving,fixed (paths relative to the "
+        "CSV's folder allowed), added to --pair",
+    )
+    p.add_argument(
+        "--skull-strip",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="pairs only: brain extraction and N4 before the alignment, auto = only for "
+        "scans that are not skull-stripped (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, help="checkpoint folder (resumes from last.pt there)")
     p.add_argument(
         "--batch-size",

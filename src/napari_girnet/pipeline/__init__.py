@@ -23,6 +23,8 @@ from ..detection import InferenceConfig
 from .inputs import ScanLike, as_volume, load_atlas_for, prepare, resolve_config
 from .models import ModelLike, bundled_model_path
 from .output import staged_directory
+from .pair import PairInputs, PairSession, pair_steps, prepare_pair
+from .pair_result import PairResult
 from .result import RegistrationResult
 from .session import RegistrationCancelled, RegistrationSession
 from .stages import prepare_state, resolve_run
@@ -32,6 +34,9 @@ from .training import FitSession, fit
 __all__ = [
     "FitSession",
     "ModelLike",
+    "PairInputs",
+    "PairResult",
+    "PairSession",
     "RegisterOptions",
     "RegistrationCancelled",
     "RegistrationResult",
@@ -43,7 +48,9 @@ __all__ = [
     "bundled_model_path",
     "fit",
     "load_atlas_for",
+    "pair_steps",
     "prepare",
+    "prepare_pair",
     "register_steps",
     "resolve_config",
     "staged_directory",
