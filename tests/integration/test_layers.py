@@ -358,3 +358,87 @@ def test_preview_layers(tiny_anatomy) -> None:
     assert preview_to_layers({}, "scan", grid) == []
     with pytest.raises(VolumeError):
         preview_to_layers({"inpainted": np.zeros((2, 2, 2))}, "scan", grid)
+
+
+def test_pair_to_layers_on_both_grids(tiny_anatomy, reorient_array, tmp_path: Path) -> None:
+    """Pair results: moving-grid layers as result_to_layers (named after their grid), and the
+    fixed-grid outputs with the fixed scan's scale/translate, the field fixed→moving as vectors."""
+    from types import SimpleNamespace
+
+    from napari_girnet._napari.layers import pair_to_layers
+
+    result = _fake_result(tiny_anatomy, reorient_array, tmp_path)
+    # the follow-up: another grid (LPS file order, 1.5 mm voxels, shifted origin)
+    fixed_shape = (8, 9, 7)
+    fixed_affine = np.diag([-1.5, -1.5, 1.5, 1.0])
+    fixed_affine[:3, 3] = (12.0, 10.0, -4.0)
+    fixed = Volume(
+        np.arange(np.prod(fixed_shape), dtype=np.float32).reshape(fixed_shape) + 1.0,
+        fixed_affine,
+        name="post",
+    )
+    field = np.zeros((3, *fixed_shape), dtype=np.float32)
+    field[0] = 3.0  # every fixed point maps 3 mm to the right (RAS +x) in the moving scan
+    mask = np.zeros(fixed_shape, dtype=np.uint8)
+    mask[2:4, 3:5, 1:3] = 1
+    pair = SimpleNamespace(
+        registration=result,
+        fixed=fixed,
+        moved=fixed.with_array(np.full(fixed_shape, 0.25, np.float32), name="moved"),
+        inpainted_on_fixed=fixed.with_array(np.full(fixed_shape, 0.5, np.float32)),
+        lesion_mask_on_fixed=fixed.with_array(mask, name="mask"),
+        field_fixed_to_moving=field,
+        field_moving_to_fixed=-np.asarray(result.field_nonlinear),
+        jacobian_on_fixed=fixed.with_array(np.ones(fixed_shape, np.float32)),
+        tre=None,
+    )
+    tuples = pair_to_layers(pair, "pre", "post", stride=2, provenance={"widget": "test"})
+    by_role = {kw["metadata"]["girnet"]["role"]: (data, kw, kind) for data, kw, kind in tuples}
+    single = result_to_layers(result, "pre", stride=2)
+    assert len(tuples) == len(single) + 5
+    for (_, kw, _), (_, ref, _) in zip(tuples, single, strict=False):
+        grid = kw["metadata"]["girnet"]["grid"]
+        if kw["metadata"]["girnet"]["role"] == "scan_to_atlas":
+            assert kw["name"] == ref["name"] and grid == "working"
+        else:
+            assert kw["name"] == f"{ref['name']} (on pre)" and grid == "moving"
+            np.testing.assert_allclose(kw["scale"], ref["scale"])
+            np.testing.assert_allclose(kw["translate"], ref["translate"])
+    fixed_ref = volume_to_layer_data(fixed, "post")[1]
+    expected = {
+        "moved_on_fixed": ("pre moved (on post)", "image"),
+        "inpainted_on_fixed": ("pre inpainted (on post)", "image"),
+        "lesion_mask_on_fixed": ("pre lesion mask (on post)", "labels"),
+        "deformation_on_fixed": ("pre deformation (on post)", "vectors"),
+        "jacobian_on_fixed": ("pre Jacobian (on post)", "image"),
+    }
+    for role, (name, kind) in expected.items():
+        _, kw, got_kind = by_role[role]
+        assert (kw["name"], got_kind) == (name, kind)
+        assert kw["metadata"]["girnet"]["grid"] == "fixed"
+        prov = kw["metadata"]["girnet"]["provenance"]
+        assert (prov["mode"], prov["moving_layer"], prov["fixed_layer"]) == ("pair", "pre", "post")
+        assert prov["widget"] == "test"
+        np.testing.assert_allclose(kw["scale"], fixed_ref["scale"], err_msg=role)
+        np.testing.assert_allclose(kw["translate"], fixed_ref["translate"], err_msg=role)
+    # the lesion mask overlays the fixed scan voxel for voxel (in world)
+    mask_layer = _layer(by_role["lesion_mask_on_fixed"])
+    fixed_layer = _layer(volume_to_layer_data(fixed, "post"))
+    idx = np.argwhere(np.asarray(mask_layer.data) == 1)
+    np.testing.assert_allclose(
+        np.array([mask_layer.data_to_world(i) for i in idx]),
+        np.array([fixed_layer.data_to_world(i) for i in idx]),
+    )
+    world = np.array([_world_ras(mask_layer, i) for i in idx])
+    ijk = np.rint(fixed.world_to_voxel(world)).astype(int)
+    assert np.all(mask[ijk[:, 0], ijk[:, 1], ijk[:, 2]] == 1)
+    # vectors: start points on the fixed grid, every one 3 mm along +R in world
+    vectors = _layer(by_role["deformation_on_fixed"])
+    starts = np.asarray(vectors.data)[:, 0]
+    tips = starts + np.asarray(vectors.data)[:, 1]
+    start_w = np.array([_world_ras(vectors, s) for s in starts])
+    tip_w = np.array([_world_ras(vectors, t) for t in tips])
+    np.testing.assert_allclose(tip_w - start_w, np.tile([3.0, 0.0, 0.0], (len(starts), 1)))
+    start_ijk = fixed.world_to_voxel(start_w)
+    np.testing.assert_allclose(start_ijk, np.rint(start_ijk), atol=1e-6)  # on fixed voxels
+    assert len(starts) == int(np.prod([len(range(1, n, 2)) for n in fixed_shape]))

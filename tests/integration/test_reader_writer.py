@@ -252,3 +252,42 @@ def test_sample_data(make_napari_viewer_proxy) -> None:
     (atlas,) = viewer.open_sample(PLUGIN, "mni152_2mm")
     assert atlas.data.shape == scan.data.shape
     assert "McGill" in atlas.metadata["girnet"]["licence"]
+
+
+def test_brats_reg_landmark_lands_on_its_voxel(make_napari_viewer_proxy, tmp_path: Path) -> None:
+    """A BraTS-Reg landmark (LPS world mm) read as Points sits on voxel (X, Y + 239, Z) of a
+    240 x 240 x 155 scan with the BraTS-Reg header (LPS, affine diag(-1, -1, 1), translation
+    (0, 239, 0)), as napari shows them."""
+    shape = (240, 240, 155)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = (0.0, 239.0, 0.0)
+    # a grey ramp along S (100..199, so it opens as an Image), compressing to a few KiB
+    array = np.broadcast_to((100 + np.arange(155) % 100).astype(np.uint8), shape).copy()
+    landmarks = {"1": (122.0, -141.0, 55.0), "2": (167.0, -140.0, 69.0), "7": (3.0, -230.0, 150.0)}
+    for n, (x, y, z) in enumerate(landmarks.values(), start=1):
+        array[int(x), int(y) + 239, int(z)] = 10 * n + 30  # a distinct grey level per landmark
+    img = nib.Nifti1Image(array, affine)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    scan_path = tmp_path / "BraTSReg_999_01_0001_t1.nii.gz"
+    nib.save(img, scan_path)
+    csv_path = tmp_path / "BraTSReg_999_01_0001_landmarks.csv"
+    csv_path.write_text(
+        "Landmark,X,Y,Z\n" + "".join(f"{k},{x},{y},{z}\n" for k, (x, y, z) in landmarks.items())
+    )
+
+    viewer = make_napari_viewer_proxy()
+    (scan,) = viewer.open(str(scan_path), plugin=PLUGIN)
+    (points,) = viewer.open(str(csv_path), plugin=PLUGIN)
+    assert type(scan).__name__ == "Image" and type(points).__name__ == "Points"
+    assert scan.data.shape == (155, 240, 240)  # (S, A, R): slider along S
+    assert list(points.features["id"]) == list(landmarks)
+    data = np.asarray(scan.data)
+    for n, (point, (x, y, z)) in enumerate(zip(points.data, landmarks.values(), strict=True), 1):
+        index = np.asarray(scan.world_to_data(points.data_to_world(point)), dtype=np.float64)
+        np.testing.assert_allclose(index, (z, -y, 239 - x), atol=1e-6)  # displayed RAS order
+        assert data[tuple(np.rint(index).astype(int))] == 10 * n + 30
+    # the same point through the file's own affine: voxel (X, Y + 239, Z)
+    world_ras = np.asarray(points.data_to_world(points.data[0]))[::-1]
+    ijk = np.linalg.inv(affine) @ np.append(world_ras, 1.0)
+    np.testing.assert_allclose(ijk[:3], (122.0, 98.0, 55.0), atol=1e-9)

@@ -654,3 +654,376 @@ def test_apply_every_selected_layer_runs_one_after_another(
     errors = notifications_since(start, NotificationSeverity.ERROR)
     assert len(errors) == 1 and "select one or more Image layers" in errors[0]
     assert len(seen) == 2
+
+
+# ----------------------------------------------------------------------------- pair mode
+def _fake_pair(moving: Volume, fixed: Volume, shift_mm: float = 2.0):
+    """A PairResult-like object with known outputs: the moving-side result on ``moving``'s grid,
+    fixed-grid outputs on ``fixed``'s grid, and a constant field fixed→moving of ``shift_mm``
+    along +R (every fixed point p maps to the moving point p + (shift_mm, 0, 0))."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from napari_girnet.core.config import preset
+    from napari_girnet.core.model import Prediction
+    from napari_girnet.data.atlas import Atlas
+    from napari_girnet.data.preprocess import AffineAlignment, PreparedScan
+
+    shape = moving.shape
+    atlas_img = Volume(np.full((6, 7, 5), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    atlas = Atlas(image=atlas_img, mask=atlas_img.with_array(np.ones((6, 7, 5), bool)), preset="t")
+    lesion = np.zeros(shape, np.uint8)
+    lesion[25:30, 30:36, 30:34] = 1
+    t = torch.zeros((1, 1, 4, 4, 4))
+    result = api.RegistrationResult(
+        scan=moving,
+        atlas=atlas,
+        prepared=PreparedScan(
+            native=moving,
+            native_mask=moving.with_array(np.asarray(moving.array) > 0),
+            alignment=AffineAlignment(np.eye(4)),
+            image=atlas_img,
+            mask=atlas.mask,
+        ),
+        prediction=Prediction(
+            t, t > 0, t, t.repeat(1, 3, 1, 1, 1), t.repeat(1, 3, 1, 1, 1), t, t, t + 1
+        ),
+        lesion_probability=moving.with_array(lesion.astype(np.float32)),
+        lesion_mask=moving.with_array(lesion),
+        inpainted=moving.with_array(np.asarray(moving.array, np.float32)),
+        atlas_to_scan=moving.with_array(np.full(shape, 0.4, np.float32)),
+        jacobian=moving.with_array(np.ones(shape, np.float32)),
+        scan_to_atlas=atlas_img,
+        field_atlas_to_scan=np.zeros((3, *shape), np.float32),
+        field_scan_to_atlas=np.zeros((3, 6, 7, 5), np.float32),
+        field_nonlinear=np.zeros((3, *shape), np.float32),
+        config=preset("test"),
+        checkpoint=None,
+    )
+    field = np.zeros((3, *fixed.shape), np.float32)
+    field[0] = shift_mm
+    fixed_lesion = np.zeros(fixed.shape, np.uint8)
+    fixed_lesion[20:24, 30:34, 30:33] = 1
+    return SimpleNamespace(
+        registration=result,
+        fixed=fixed,
+        moved=fixed.with_array(np.asarray(fixed.array, np.float32) * 0.5),
+        inpainted_on_fixed=fixed.with_array(np.asarray(fixed.array, np.float32)),
+        lesion_mask_on_fixed=fixed.with_array(fixed_lesion),
+        field_fixed_to_moving=field,
+        field_moving_to_fixed=np.zeros((3, *shape), np.float32),
+        jacobian_on_fixed=fixed.with_array(np.ones(fixed.shape, np.float32)),
+        tre={"before": {"mean": 4.5, "n": 3}, "after": {"mean": 1.25, "n": 3}},
+        save=lambda out_dir: None,
+    )
+
+
+def _follow_up(brain: Volume) -> Volume:
+    """The same brain on another grid: LPS voxel order, cropped, origin moved (a follow-up)."""
+    from nibabel import orientations as ornt
+
+    canonical = brain.canonical()
+    transform = ornt.ornt_transform(
+        ornt.io_orientation(canonical.affine), ornt.axcodes2ornt(("L", "P", "S"))
+    )
+    array = ornt.apply_orientation(np.asarray(canonical.array), transform)[2:-3, 1:-2, 3:]
+    affine = canonical.affine @ ornt.inv_ornt_aff(transform, canonical.shape)
+    affine[:3, 3] += affine[:3, :3] @ np.array([2.0, 1.0, 3.0])  # the crop's first voxel
+    affine[:3, 3] += (4.0, -3.0, 2.0)
+    return Volume(np.ascontiguousarray(array, dtype=np.float32), affine, name="post")
+
+
+class _PairRecorder:
+    """A fake ``api.register_pair``: records its call and thread, reports ``n`` events through
+    ``progress`` (honouring a cancel raised from it), returns :func:`_fake_pair`."""
+
+    def __init__(self, n: int = 3, delay: float = 0.0) -> None:
+        self.n, self.delay = n, delay
+        self.calls: list[dict] = []
+        self.events = 0
+
+    def __call__(self, moving, fixed, model=None, **kwargs):
+        self.calls.append(
+            {"moving": moving, "fixed": fixed, "model": model, "thread": threading.current_thread()}
+            | kwargs
+        )
+        progress = kwargs["progress"]
+        for i in range(self.n):
+            threading.Event().wait(self.delay)
+            self.events += 1
+            progress(api.StageEvent("predict", i, self.n, 1.0, 0.01, True))
+        return _fake_pair(moving, fixed)
+
+
+def _pair_viewer(make_napari_viewer_proxy, brain):
+    viewer = make_napari_viewer_proxy()
+    pre = add_volume(viewer, brain.with_array(brain.array, name="pre"), "pre")
+    post = add_volume(viewer, _follow_up(brain), "post")
+    widget = ApplyWidget(viewer)
+    dock(viewer, widget)
+    widget.preset.setCurrentText("test")
+    widget.device.setCurrentText("cpu")
+    widget.scan.setCurrentText("pre")
+    return viewer, widget, pre, post
+
+
+def test_apply_pair_mode_adds_layers_on_both_grids(
+    make_napari_viewer_proxy, qtbot, brain, monkeypatch
+):
+    fake = _PairRecorder(n=3)
+    monkeypatch.setattr(api, "register_pair", fake, raising=False)
+    viewer, widget, pre, post = _pair_viewer(make_napari_viewer_proxy, brain)
+    items = [widget.atlas.itemText(i) for i in range(widget.atlas.count())]
+    assert items == ["MNI152 (bundled)", "pre", "post", "fixed scan: pre", "fixed scan: post"]
+    assert not widget.pair_mode
+    widget.atlas.setCurrentText("fixed scan: post")
+    assert widget.pair_mode and widget.atlas.layer() is None
+    assert widget.atlas.fixed_layer().name == "post"
+    assert "pair mode" in widget.status.text()
+    widget.stride.setValue(8)
+    events: list = []
+    widget.progress_received.connect(events.append)
+    before = {ly.name for ly in viewer.layers}
+    start = len(notification_manager.records)
+
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000) as blocker:
+        widget.run()
+        assert not widget.run_button.isEnabled()
+    outcome = blocker.args[0]
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=10_000)
+    assert not outcome.cancelled and outcome.pair is not None
+    assert outcome.result is outcome.pair.registration
+    assert len(events) == 3 and all(e.stage == "predict" for e in events)
+
+    # register_pair ran off the GUI thread with the layers' volumes and the widget's settings
+    (call,) = fake.calls
+    assert call["thread"] is not threading.main_thread()
+    np.testing.assert_array_equal(call["moving"].array, np.asarray(pre.data).transpose(2, 1, 0))
+    np.testing.assert_array_equal(call["fixed"].array, np.asarray(post.data).transpose(2, 1, 0))
+    assert call["config"] == "test" and call["device"] == "cpu" and call["seed"] == 0
+    assert call["inference"] == {"refine": True, "detector": "auto"}
+
+    added = {ly.name: ly for ly in viewer.layers if ly.name not in before}
+    on_fixed = {n: ly for n, ly in added.items() if n.endswith("(on post)")}
+    on_moving = {n: ly for n, ly in added.items() if n.endswith("(on pre)")}
+    assert set(on_fixed) == {
+        "pre moved (on post)",
+        "pre inpainted (on post)",
+        "pre lesion mask (on post)",
+        "pre deformation (on post)",
+        "pre Jacobian (on post)",
+    }
+    assert {"pre lesion mask (on pre)", "pre deformation (on pre)"} <= set(on_moving)
+    assert isinstance(on_fixed["pre lesion mask (on post)"], napari.layers.Labels)
+    assert isinstance(on_fixed["pre deformation (on post)"], napari.layers.Vectors)
+    for name, layer in on_fixed.items():
+        np.testing.assert_allclose(layer.scale, post.scale, err_msg=name)
+        np.testing.assert_allclose(layer.translate, post.translate, err_msg=name)
+        prov = layer.metadata["girnet"]["provenance"]
+        assert prov["input_layers"] == ["pre", "post"] and prov["mode"] == "pair"
+        assert layer.metadata["girnet"]["grid"] == "fixed"
+    for name, layer in on_moving.items():
+        np.testing.assert_allclose(layer.scale, pre.scale, err_msg=name)
+        np.testing.assert_allclose(layer.translate, pre.translate, err_msg=name)
+    moved = on_fixed["pre moved (on post)"]
+    assert moved.data.shape == post.data.shape
+    # vectors subsampled with the widget's stride, 2 mm along +R in world, inside the brain
+    vectors = on_fixed["pre deformation (on post)"]
+    assert vectors.metadata["girnet"]["stride"] == 8
+    data = np.asarray(vectors.data)
+    assert 0 < len(data) < np.prod(post.data.shape) / 8**3 + 1
+    w0 = np.array(vectors.data_to_world(data[0, 0]))
+    w1 = np.array(vectors.data_to_world(data[0, 0] + data[0, 1]))
+    np.testing.assert_allclose((w1 - w0)[::-1], [2.0, 0.0, 0.0], atol=1e-5)
+    # the result is remembered for the Evaluate widget; the message has the pair's TRE
+    assert workers.last_pair(viewer)[1:] == ("pre", "post")
+    assert widget.last_pair is outcome.pair
+    infos = notifications_since(start, NotificationSeverity.INFO)
+    assert any("pre → post" in m and "TRE 1.25 mm (before 4.50 mm)" in m for m in infos)
+    # result layers are templates at most, never offered as a fixed scan
+    items = [widget.atlas.itemText(i) for i in range(widget.atlas.count())]
+    assert "pre moved (on post)" in items
+    assert [i for i in items if i.startswith("fixed scan: ")] == [
+        "fixed scan: pre",
+        "fixed scan: post",
+    ]
+
+
+def test_apply_pair_mode_refusals(make_napari_viewer_proxy, qtbot, brain, monkeypatch):
+    from napari_girnet._napari.apply_widget import fixed_layer_problem
+
+    fake = _PairRecorder()
+    monkeypatch.setattr(api, "register_pair", fake, raising=False)
+    viewer, widget, pre, post = _pair_viewer(make_napari_viewer_proxy, brain)
+    viewer.add_image(np.zeros((20, 30), np.float32), name="flat")
+    labels = viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="seg")
+
+    def refused(choice: str) -> str:
+        widget.atlas.setCurrentText(choice)
+        assert widget.atlas.currentText() == choice
+        start = len(notification_manager.records)
+        widget.run()
+        assert widget.worker is None and widget.run_button.isEnabled()
+        (error,) = notifications_since(start, NotificationSeverity.ERROR)
+        assert "\n" not in error
+        return error
+
+    assert "'pre' is the moving scan itself" in refused("fixed scan: pre")
+    assert "'flat' is 2D but the moving scan 'pre' is 3D" in refused("fixed scan: flat")
+    assert "fixed scan: seg" not in [widget.atlas.itemText(i) for i in range(widget.atlas.count())]
+    problem = fixed_layer_problem(pre, labels)
+    assert problem is not None and "'seg' is a Labels layer" in problem
+    with pytest.raises(ValueError, match="'seg' is a Labels layer"):
+        widget.pair_job(pre, labels)
+    assert fixed_layer_problem(pre, post) is None
+    # pair mode and the queue of every selected layer are exclusive
+    widget.all_selected.setChecked(True)
+    viewer.layers.selection = {pre}
+    error = refused("fixed scan: post")
+    assert "pair mode" in error and "every selected Image layer" in error
+    assert fake.calls == []
+
+
+def test_apply_pair_mode_cancel_and_error(make_napari_viewer_proxy, qtbot, brain, monkeypatch):
+    fake = _PairRecorder(n=500, delay=0.01)
+    monkeypatch.setattr(api, "register_pair", fake, raising=False)
+    viewer, widget, _, _ = _pair_viewer(make_napari_viewer_proxy, brain)
+    widget.atlas.setCurrentText("fixed scan: post")
+    widget.progress_received.connect(lambda event: widget.cancel())
+    n_layers = len(viewer.layers)
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000) as blocker:
+        widget.run()
+    assert blocker.args[0].cancelled and blocker.args[0].pair is None
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=10_000)
+    assert widget.status.text() == "cancelled"
+    assert len(viewer.layers) == n_layers
+    assert fake.events < 50  # the callback raised RegistrationCancelled at the next event
+    assert workers.last_pair(viewer) is None
+
+    # the activity dock's cancel (worker.quit()) stops the helper thread too
+    quitter = _PairRecorder(n=500, delay=0.01)
+    monkeypatch.setattr(api, "register_pair", quitter, raising=False)
+    widget.progress_received.disconnect()
+    widget.progress_received.connect(lambda event: widget.worker and widget.worker.quit())
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000) as blocker:
+        widget.run()
+    assert blocker.args[0].cancelled
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=10_000)
+    qtbot.wait(300)
+    n = quitter.events
+    qtbot.wait(300)
+    assert quitter.events == n < 100  # and stays stopped
+    widget.progress_received.disconnect()
+
+    monkeypatch.setattr(api, "register_pair", _boom, raising=False)
+    start = len(notification_manager.records)
+    with qtbot.waitSignal(widget.run_failed, timeout=30_000) as blocker:
+        widget.run()
+    assert "boom" in blocker.args[0]
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=10_000)
+    errors = notifications_since(start, NotificationSeverity.ERROR)
+    assert len(errors) == 1 and "pair registration failed" in errors[0] and "boom" in errors[0]
+
+
+def test_pair_steps_without_register_pair(monkeypatch, brain):
+    monkeypatch.delattr(api, "register_pair", raising=False)
+    base = workers.ApplyJob(
+        scan=brain,
+        scan_name="pre",
+        atlas="mni152",
+        model=None,
+        preset="test",
+        fine_tune_steps=0,
+        pseudo_cases=0,
+        refine=False,
+        truth=None,
+        device="cpu",
+        seed=0,
+    )
+    job = workers.PairJob(base, _follow_up(brain), "post")
+    with pytest.raises(workers.TaskError, match=r"no api\.register_pair"):
+        _drain(workers.pair_steps(job, threading.Event()))
+
+
+def test_evaluate_tre_through_last_pair(make_napari_viewer_proxy, qtbot, brain, tmp_path):
+    from napari_girnet._napari.evaluate_widget import FIELD_FILE, FIELD_NONE, FIELD_PAIR
+
+    viewer = make_napari_viewer_proxy()
+    widget = EvaluateWidget(viewer)
+    dock(viewer, widget)
+    ids = ["1", "2", "10"]
+    fixed = np.array([[10.0, -20.0, 5.0], [0.0, 0.0, 0.0], [-30.0, 12.5, 40.0]])  # RAS mm
+    moving = fixed + np.array([2.0, 0.0, 0.0])  # the pair's field maps fixed p to p + 2 mm R
+    moving[2] += (0.0, 3.0, 0.0)  # ... but landmark 10 moved 3 mm more (3 mm TRE after)
+    _points(viewer, "pre landmarks", moving, ids)
+    _points(viewer, "post landmarks", fixed, ids)
+    widget.moving.setCurrentText("pre landmarks")
+    widget.fixed.setCurrentText("post landmarks")
+    items = [widget.field_source.itemText(i) for i in range(widget.field_source.count())]
+    assert items == [FIELD_NONE, FIELD_FILE, FIELD_PAIR]
+
+    # no pair run yet: a one-line error, no worker
+    widget.field_source.setCurrentText(FIELD_PAIR)
+    start = len(notification_manager.records)
+    assert widget.compute_tre() is None
+    errors = notifications_since(start, NotificationSeverity.ERROR)
+    assert len(errors) == 1 and "no pair result yet" in errors[0]
+
+    post = _follow_up(brain)
+    workers.remember_pair(viewer, _fake_pair(brain, post, shift_mm=2.0), "pre", "post")
+    with qtbot.waitSignal(widget.tre_done, timeout=30_000) as blocker:
+        widget.compute_tre()
+    after = blocker.args[0]
+    assert after["per_landmark"] == pytest.approx({"1": 0.0, "2": 0.0, "10": 3.0}, abs=1e-5)
+    before = widget.results["tre_before_mm"]
+    assert before["per_landmark"] == pytest.approx({"1": 2.0, "2": 2.0, "10": 13**0.5})
+    table = widget.tre_table
+    assert table.columnCount() == 3
+    assert [table.horizontalHeaderItem(c).text() for c in range(3)] == [
+        "landmark",
+        "before (mm)",
+        "after (mm)",
+    ]
+    rows = [tuple(table.item(r, c).text() for c in range(3)) for r in range(table.rowCount())]
+    assert rows[:3] == [("1", "2.00", "0.00"), ("2", "2.00", "0.00"), ("10", "3.61", "3.00")]
+    assert "before" in widget.tre_summary.text()
+
+    path = widget.export_csv(tmp_path / "tre.csv")
+    with path.open() as fh:
+        values = {row["metric"]: row["value"] for row in csv.DictReader(fh)}
+    assert float(values["tre_before_mm.mean"]) == pytest.approx(before["mean"])
+    assert float(values["tre_mm.mean"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(values["tre_mm.per_landmark.10"]) == pytest.approx(3.0, abs=1e-5)
+    assert "last pair result (pre → post)" in values["inputs.tre_field"]
+
+    # back to "none": two columns, one TRE, the stale "before" entry is gone
+    widget.field_source.setCurrentText(FIELD_NONE)
+    with qtbot.waitSignal(widget.tre_done, timeout=30_000) as blocker:
+        widget.compute_tre()
+    assert table.columnCount() == 2 and "tre_before_mm" not in widget.results
+    qtbot.waitUntil(widget.tre_button.isEnabled, timeout=5_000)
+
+
+def test_apply_pair_mode_real_register_pair(make_napari_viewer_proxy, qtbot, brain):
+    """The real api.register_pair behind the widget ('test' preset, untrained networks, no
+    refinement steps): the fixed-grid layers overlay the follow-up layer."""
+    if not hasattr(api, "register_pair"):
+        pytest.skip("napari_girnet.api.register_pair is not available in this build")
+    viewer, widget, pre, post = _pair_viewer(make_napari_viewer_proxy, brain)
+    widget.atlas.setCurrentText("fixed scan: post")
+    widget.instance_steps.setValue(0)
+    before = {ly.name for ly in viewer.layers}
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run()
+    outcome = blocker.args[0]
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=10_000)
+    assert not outcome.cancelled and outcome.pair is not None
+    added = {ly.name: ly for ly in viewer.layers if ly.name not in before}
+    for name in ("moved", "lesion mask", "deformation"):
+        layer = added[f"pre {name} (on post)"]
+        np.testing.assert_allclose(layer.scale, post.scale, err_msg=name)
+        np.testing.assert_allclose(layer.translate, post.translate, err_msg=name)
+    assert added["pre moved (on post)"].data.shape == post.data.shape
+    assert added["pre lesion mask (on pre)"].data.shape == pre.data.shape
+    assert workers.last_pair(viewer) is not None

@@ -8,6 +8,14 @@ when the worker returns. Cancel stops the run at the next stage (or fine-tuning 
 
 The first model choice is "bundled model for preset" when weights ship for the chosen preset
 (:func:`napari_girnet.api.bundled_model_path`), "untrained networks" otherwise.
+
+Pair mode (longitudinal registration): the atlas choice also lists every Image layer as
+``"fixed scan: <name>"``, a follow-up scan of the same patient. Choosing one registers the
+scan (moving, e.g. pre-operative) to that scan (fixed) with
+:func:`napari_girnet.api.register_pair` in the same kind of worker
+(:func:`~napari_girnet._napari.workers.pair_steps`), and adds result layers on both grids
+(:func:`~napari_girnet._napari.layers.pair_to_layers`). Pair mode and "every selected Image
+layer" are exclusive.
 """
 
 from __future__ import annotations
@@ -45,9 +53,12 @@ from ..evaluation import metrics
 from . import layers
 from .tooltips import tip
 from .workers import (
+    FIXED_PREFIX,
     ApplyJob,
     ApplyOutcome,
     LayerCombo,
+    PairJob,
+    TargetCombo,
     add_or_update_layers,
     apply_steps,
     available_devices,
@@ -55,6 +66,8 @@ from .workers import (
     format_mm,
     last_trained,
     one_line,
+    pair_steps,
+    remember_pair,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +80,7 @@ __all__ = [
     "MODEL_LAST",
     "MODEL_UNTRAINED",
     "ApplyWidget",
+    "fixed_layer_problem",
     "model_choices",
 ]
 
@@ -104,6 +118,37 @@ def _snapshot(volume: Any) -> Any:
     return replace(volume, array=np.array(volume.array))
 
 
+def _ndim(layer: Any) -> int:
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return int(np.ndim(data)) - (1 if getattr(layer, "rgb", False) else 0)
+
+
+def fixed_layer_problem(moving_layer: Any, fixed_layer: Any) -> str | None:
+    """Why ``fixed_layer`` cannot be the fixed scan of ``moving_layer`` in pair mode (one line
+    naming the layer), or None when it can.
+
+    Refused: the moving layer itself, a Labels layer, a 2D layer for a 3D moving scan, and
+    anything that is not an Image layer.
+    """
+    name = getattr(fixed_layer, "name", "?")
+    if fixed_layer is moving_layer or (
+        moving_layer is not None and name == getattr(moving_layer, "name", None)
+    ):
+        return f"fixed scan {name!r} is the moving scan itself; choose the follow-up scan"
+    if isinstance(fixed_layer, napari.layers.Labels):
+        return f"fixed scan {name!r} is a Labels layer; choose an Image layer (the follow-up scan)"
+    if not isinstance(fixed_layer, napari.layers.Image):
+        return f"fixed scan {name!r} is not an Image layer"
+    if moving_layer is not None and _ndim(moving_layer) == 3 and _ndim(fixed_layer) == 2:
+        return (
+            f"fixed scan {name!r} is 2D but the moving scan {moving_layer.name!r} is 3D; "
+            "choose a 3D follow-up scan"
+        )
+    return None
+
+
 class ApplyWidget(QWidget):
     """Apply a GIRNet model (optionally fine-tuned on the scan) to one Image layer.
 
@@ -129,12 +174,13 @@ class ApplyWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: GeneratorWorker | None = None
         self.last_result: api.RegistrationResult | None = None
+        self.last_pair: Any = None
         self.added_layers: list[Any] = []
         self._cancel: threading.Event | None = None
-        self._job: ApplyJob | None = None
+        self._job: ApplyJob | PairJob | None = None
         self._stride = 6
         self._provenance: dict[str, Any] = {}
-        self._queue: list[tuple[ApplyJob, dict[str, Any]]] = []
+        self._queue: list[tuple[ApplyJob | PairJob, dict[str, Any]]] = []
         self._batch_cancelled = False
         self._running = False
         self._build()
@@ -144,7 +190,7 @@ class ApplyWidget(QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         self.scan = LayerCombo(self.viewer, napari.layers.Image)
-        self.atlas = LayerCombo(self.viewer, napari.layers.Image, extra=(ATLAS_BUNDLED,))
+        self.atlas = TargetCombo(self.viewer, napari.layers.Image, extra=(ATLAS_BUNDLED,))
         self.model = QComboBox()
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
@@ -227,7 +273,7 @@ class ApplyWidget(QWidget):
         form = QFormLayout()
         form.addRow("Scan", self.scan)
         form.addRow("", self.all_selected)
-        form.addRow("Atlas", self.atlas)
+        form.addRow("Atlas / fixed scan", self.atlas)
         form.addRow("Skull strip", self.skull_strip)
         form.addRow("Model", self.model)
         form.addRow("Preset", self.preset)
@@ -249,6 +295,7 @@ class ApplyWidget(QWidget):
         layout.addStretch(1)
 
         self.model.currentTextChanged.connect(self._on_model_changed)
+        self.atlas.currentTextChanged.connect(self._on_target_changed)
         self.fine_tune_steps.valueChanged.connect(self._update_enabled)
         self.browse.clicked.connect(self._browse)
         self.run_button.clicked.connect(self.run)
@@ -262,13 +309,32 @@ class ApplyWidget(QWidget):
                 f"last trained: {path}" if path else "no model trained in this viewer yet"
             )
 
+    @property
+    def pair_mode(self) -> bool:
+        """True when a "fixed scan: ..." entry is chosen as the target (longitudinal mode)."""
+        return self.atlas.is_pair()
+
+    def _on_target_changed(self, _: str = "") -> None:
+        self._update_enabled()
+        if self._running:
+            return
+        if self.pair_mode:
+            fixed = self.atlas.currentText()[len(FIXED_PREFIX) :]
+            self.status.setText(
+                f"pair mode: the scan (moving) is registered to {fixed!r} (fixed, follow-up)"
+            )
+        elif self.status.text().startswith("pair mode"):
+            self.status.setText("idle")
+
     def _update_enabled(self, *_: Any) -> None:
         running = self._running
         choice = self.model.currentText()
         self.preset.setEnabled(not running and choice == MODEL_BUNDLED)
         self.checkpoint.setEnabled(not running and choice == MODEL_FILE)
         self.browse.setEnabled(not running and choice == MODEL_FILE)
-        self.pseudo_cases.setEnabled(not running and self.fine_tune_steps.value() > 0)
+        self.pseudo_cases.setEnabled(
+            not running and self.fine_tune_steps.value() > 0 and not self.atlas.is_pair()
+        )
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -363,6 +429,11 @@ class ApplyWidget(QWidget):
         scan_layer = scan_layer if scan_layer is not None else self.scan.layer()
         if scan_layer is None:
             raise ValueError("choose a scan (Image layer)")
+        if self.pair_mode:
+            raise ValueError("pair mode: use pair_job() (a fixed scan is chosen as the target)")
+        return self._apply_job(scan_layer)
+
+    def _apply_job(self, scan_layer: Any) -> ApplyJob:
         scan = _snapshot(layers.layer_to_volume(scan_layer))
         atlas_layer = self.atlas.layer()
         atlas: Any = "mni152"
@@ -410,6 +481,41 @@ class ApplyWidget(QWidget):
             seed=self.seed.value(),
         )
 
+    def pair_job(self, moving_layer: Any = None, fixed_layer: Any = None) -> PairJob:
+        """The pair-mode job: ``moving_layer`` (default: the chosen scan) registered to
+        ``fixed_layer`` (default: the chosen "fixed scan: ..." entry) (GUI thread).
+
+        Raises
+        ------
+        ValueError
+            No scan or fixed scan, a fixed layer refused by :func:`fixed_layer_problem`, a missing
+            model, or a layer that is not a 3D volume (the message names the layer).
+        """
+        moving_layer = moving_layer if moving_layer is not None else self.scan.layer()
+        fixed_layer = fixed_layer if fixed_layer is not None else self.atlas.fixed_layer()
+        if moving_layer is None:
+            raise ValueError("choose a scan (Image layer), the moving scan of the pair")
+        if fixed_layer is None:
+            raise ValueError("choose a fixed scan (the follow-up Image layer)")
+        problem = fixed_layer_problem(moving_layer, fixed_layer)
+        if problem:
+            raise ValueError(problem)
+        base = self._apply_job(moving_layer)
+        fixed = _snapshot(layers.layer_to_volume(fixed_layer))
+        names = [moving_layer.name, fixed_layer.name]
+        truth = self._provenance.get("truth_layer")
+        self._provenance.update(
+            {
+                "input_layers": names + ([truth] if truth else []),
+                "atlas": None,
+                "mode": "pair",
+                "moving_layer": moving_layer.name,
+                "fixed_layer": fixed_layer.name,
+                "pseudo_cases": 0,
+            }
+        )
+        return PairJob(job=replace(base, atlas="mni152"), fixed=fixed, fixed_name=fixed_layer.name)
+
     def run(self) -> None:
         """Start registering the chosen scan (or every selected Image layer) in a worker.
 
@@ -418,6 +524,22 @@ class ApplyWidget(QWidget):
         and the next one runs; Cancel stops the current one and drops the rest.
         """
         if self.worker is not None:
+            return
+        if self.pair_mode:
+            if self.all_selected.isChecked():
+                show_error(
+                    "GIRNet apply: pair mode (a fixed scan) and 'every selected Image layer' "
+                    "cannot be combined; untick one"
+                )
+                return
+            try:
+                pair = self.pair_job()
+            except ValueError as exc:
+                show_error(f"GIRNet apply: {exc}")
+                return
+            self._queue = [(pair, dict(self._provenance))]
+            self._batch_cancelled = False
+            self._start_next()
             return
         targets = self.scan_layers()
         if not targets:
@@ -430,7 +552,7 @@ class ApplyWidget(QWidget):
                 )
             )
             return
-        queue: list[tuple[ApplyJob, dict[str, Any]]] = []
+        queue: list[tuple[ApplyJob | PairJob, dict[str, Any]]] = []
         try:
             for layer in targets:
                 queue.append((self.job(layer), dict(self._provenance)))
@@ -449,14 +571,15 @@ class ApplyWidget(QWidget):
         steps = job.fine_tune_steps
         self.progress_bar.setRange(0, _PROGRESS_MAX)  # per mille of the run's stages
         self.progress_bar.setValue(0)
+        target = f" → {job.fixed_name}" if isinstance(job, PairJob) else ""
         self.status.setText(
-            f"{job.scan_name}: affine alignment"
+            f"{job.scan_name}{target}: affine alignment"
             + (f", fine-tuning {steps} steps" if steps else "")
             + " and prediction…"
         )
         self._set_running(True)
         self.worker = create_worker(
-            apply_steps,
+            pair_steps if isinstance(job, PairJob) else apply_steps,
             job,
             self._cancel,
             _progress=True,
@@ -510,9 +633,20 @@ class ApplyWidget(QWidget):
             return
         self.last_result = result
         try:
-            data = layers.result_to_layers(
-                result, self._job.scan_name, stride=self._stride, provenance=self._provenance
-            )
+            if isinstance(self._job, PairJob):
+                self.last_pair = outcome.pair
+                remember_pair(self.viewer, outcome.pair, self._job.scan_name, self._job.fixed_name)
+                data = layers.pair_to_layers(
+                    outcome.pair,
+                    self._job.scan_name,
+                    self._job.fixed_name,
+                    stride=self._stride,
+                    provenance=self._provenance,
+                )
+            else:
+                data = layers.result_to_layers(
+                    result, self._job.scan_name, stride=self._stride, provenance=self._provenance
+                )
             self.added_layers = add_or_update_layers(self.viewer, data)
         except Exception as exc:  # keep the viewer usable; the result stays in last_result
             log.error("could not show the GIRNet result", exc_info=exc)
@@ -521,19 +655,30 @@ class ApplyWidget(QWidget):
             self.status.setText(reason)
             self.run_failed.emit(reason)
             return
-        msg = self.summary(result, outcome.seconds)
+        msg = self.summary(result, outcome.seconds, pair=outcome.pair)
         self.status.setText(msg)
         show_info(f"GIRNet: {msg}")
         self.run_finished.emit(outcome)
 
-    def summary(self, result: api.RegistrationResult, seconds: float) -> str:
-        """One-line summary: lesion volume, Dice/HD95 when a truth was given, time."""
+    def summary(self, result: api.RegistrationResult, seconds: float, pair: Any = None) -> str:
+        """One-line summary: lesion volume, Dice/HD95 when a truth was given, the pair's mean TRE
+        after and before registration (``pair.tre["after"/"before"]``, mm) when landmarks were
+        given, time."""
         vol = metrics.volume_mm3(np.asarray(result.lesion_mask.array) > 0, result.scan.spacing)
-        msg = f"{self._job.scan_name if self._job else 'scan'}: lesion {vol:.0f} mm³"
+        name = self._job.scan_name if self._job else "scan"
+        if isinstance(self._job, PairJob):
+            name += f" → {self._job.fixed_name}"
+        msg = f"{name}: lesion {vol:.0f} mm³"
         msg += f" ({vol / 1000:.2f} mL)"
         m = result.metrics or {}
         if "dice" in m:
             msg += f"; Dice {m['dice']:.3f}, HD95 {format_mm(float(m['hd95_mm']))} mm"
+        tre = getattr(pair, "tre", None) if pair is not None else None
+        if isinstance(tre, dict) and isinstance(tre.get("after"), dict):
+            before, after = tre.get("before") or {}, tre["after"]
+            msg += f"; TRE {format_mm(float(after['mean']))} mm"
+            if "mean" in before:
+                msg += f" (before {format_mm(float(before['mean']))} mm)"
         return msg + f"; {seconds:.0f} s"
 
     def _on_errored(self, exc: BaseException) -> None:

@@ -7,6 +7,11 @@ computations (:func:`~napari_girnet._napari.workers.landmark_tre`,
 field or computing HD95 on a large volume takes seconds), and the tables are filled in the
 ``returned`` handlers. Errors (unpairable landmarks, masks on different grids, a bad field file)
 are shown as one-line error notifications.
+
+The displacement field of the TRE is chosen by a source combo: none (the points as they are), a
+field file (NIfTI), or the last pair result of the Apply widget (its ``field_fixed_to_moving``,
+on the fixed scan's grid, mapping fixed points to moving points). With a field the table shows
+the TRE before and after it, and the export holds both (``tre_before_mm`` and ``tre_mm``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -43,7 +49,8 @@ from .workers import (
     LayerCombo,
     add_or_update_layers,
     format_mm,
-    landmark_tre,
+    landmark_tre_before_after,
+    last_pair,
     mask_metrics,
     one_line,
 )
@@ -51,13 +58,24 @@ from .workers import (
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import FunctionWorker
 
-__all__ = ["EvaluateWidget"]
+__all__ = ["FIELD_FILE", "FIELD_NONE", "FIELD_PAIR", "EvaluateWidget"]
 
 log = logging.getLogger(__name__)
 
+FIELD_NONE = "none"
+FIELD_FILE = "file…"
+FIELD_PAIR = "last pair result"
+_TRE_HEADERS = ("landmark", "TRE (mm)")
+_TRE_PAIR_HEADERS = ("landmark", "before (mm)", "after (mm)")
 
-def _table(headers: tuple[str, str]) -> QTableWidget:
-    table = QTableWidget(0, 2)
+
+def _set_headers(table: QTableWidget, headers: tuple[str, ...]) -> None:
+    table.setColumnCount(len(headers))
+    table.setHorizontalHeaderLabels(list(headers))
+
+
+def _table(headers: tuple[str, ...]) -> QTableWidget:
+    table = QTableWidget(0, len(headers))
     table.setHorizontalHeaderLabels(list(headers))
     vertical, horizontal = table.verticalHeader(), table.horizontalHeader()
     if vertical is not None:
@@ -69,11 +87,11 @@ def _table(headers: tuple[str, str]) -> QTableWidget:
     return table
 
 
-def _fill(table: QTableWidget, rows: list[tuple[str, str]]) -> None:
+def _fill(table: QTableWidget, rows: list[tuple[str, ...]]) -> None:
     table.setRowCount(len(rows))
-    for r, (a, b) in enumerate(rows):
-        table.setItem(r, 0, QTableWidgetItem(a))
-        table.setItem(r, 1, QTableWidgetItem(b))
+    for r, cells in enumerate(rows):
+        for c, text in enumerate(cells):
+            table.setItem(r, c, QTableWidgetItem(text))
 
 
 class EvaluateWidget(QWidget):
@@ -83,7 +101,8 @@ class EvaluateWidget(QWidget):
     -------
     tre_done(object)
         The TRE dict (``mean``, ``sd``, ``median``, ``max``, ``n``, ``per_landmark``), after the
-        table was filled.
+        table was filled; with a field, the TRE after it (the one before is in
+        ``results["tre_before_mm"]``).
     masks_done(object)
         The mask metrics dict (``dice``, ``hd95_mm``, volumes).
     evaluation_failed(str)
@@ -109,6 +128,8 @@ class EvaluateWidget(QWidget):
         self.fixed = LayerCombo(self.viewer, points)
         self.load_moving = QPushButton("Load CSV…")
         self.load_fixed = QPushButton("Load CSV…")
+        self.field_source = QComboBox()
+        self.field_source.addItems([FIELD_NONE, FIELD_FILE, FIELD_PAIR])
         self.field = QLineEdit()
         self.field.setPlaceholderText("(none: compare the points as they are)")
         self.field_browse = QPushButton("Browse…")
@@ -127,6 +148,7 @@ class EvaluateWidget(QWidget):
             (self.fixed, "fixed"),
             (self.load_moving, "load_moving"),
             (self.load_fixed, "load_fixed"),
+            (self.field_source, "field_source"),
             (self.field, "field"),
             (self.field_browse, "field_browse"),
             (self.field_clear, "field_clear"),
@@ -150,7 +172,8 @@ class EvaluateWidget(QWidget):
         tre_form = QFormLayout()
         tre_form.addRow("Moving", row(self.moving, self.load_moving))
         tre_form.addRow("Fixed", row(self.fixed, self.load_fixed))
-        tre_form.addRow("Field", row(self.field, self.field_browse, self.field_clear))
+        tre_form.addRow("Field from", self.field_source)
+        tre_form.addRow("Field file", row(self.field, self.field_browse, self.field_clear))
         tre_box = QGroupBox("Landmarks (TRE)")
         tre_layout = QVBoxLayout(tre_box)
         tre_layout.addLayout(tre_form)
@@ -176,7 +199,8 @@ class EvaluateWidget(QWidget):
         self.load_moving.clicked.connect(lambda *_: self._ask_landmarks("moving"))
         self.load_fixed.clicked.connect(lambda *_: self._ask_landmarks("fixed"))
         self.field_browse.clicked.connect(self._browse_field)
-        self.field_clear.clicked.connect(lambda *_: self.field.clear())
+        self.field_clear.clicked.connect(self._clear_field)
+        self.field.textChanged.connect(self._on_field_text)
         self.tre_button.clicked.connect(self.compute_tre)
         self.masks_button.clicked.connect(self.compute_masks)
         self.export_button.clicked.connect(self._ask_export)
@@ -207,6 +231,40 @@ class EvaluateWidget(QWidget):
         combo.refresh()
         combo.setCurrentText(added[0].name)
         return added[0]
+
+    def _on_field_text(self, text: str) -> None:
+        """Typing or browsing a file name selects the "file…" source."""
+        if text.strip():
+            self.field_source.setCurrentText(FIELD_FILE)
+
+    def _clear_field(self) -> None:
+        self.field.clear()
+        self.field_source.setCurrentText(FIELD_NONE)
+
+    def _field(self) -> tuple[Any, str | None]:
+        """The chosen field for :func:`landmark_tre_before_after` and its description.
+
+        Raises
+        ------
+        ValueError
+            "file…" without a file name, or "last pair result" before any pair run.
+        """
+        source = self.field_source.currentText()
+        if source == FIELD_FILE:
+            text = self.field.text().strip()
+            if not text:
+                raise ValueError("choose a displacement field file (or the field source 'none')")
+            return text, text
+        if source == FIELD_PAIR:
+            last = last_pair(self.viewer)
+            if last is None:
+                raise ValueError(
+                    "no pair result yet; run Apply model with a 'fixed scan: ...' target first"
+                )
+            pair, moving_name, fixed_name = last
+            field = (np.asarray(pair.field_fixed_to_moving), pair.fixed)
+            return field, f"last pair result ({moving_name} → {fixed_name}): field_fixed_to_moving"
+        return None, None
 
     def _browse_field(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -253,23 +311,54 @@ class EvaluateWidget(QWidget):
             return None
         if not (_has_ids(moving) and _has_ids(fixed)):
             ids_m = ids_f = None  # pair by order
-        field = self.field.text().strip() or None
-        inputs = {"moving": moving.name, "fixed": fixed.name, "field": field}
+        try:
+            field, field_text = self._field()
+        except ValueError as exc:
+            show_error(f"GIRNet: {exc}")
+            return None
+        inputs = {"moving": moving.name, "fixed": fixed.name, "field": field_text}
         return self._start(
-            landmark_tre,
+            landmark_tre_before_after,
             (ids_m, pts_m, ids_f, pts_f, field),
             lambda out: self._show_tre(out, inputs),
             self.tre_button,
         )
 
-    def _show_tre(self, tre: dict[str, Any], inputs: dict[str, Any]) -> None:
-        rows = [(str(i), format_mm(d)) for i, d in tre["per_landmark"].items()]
-        rows.append(("mean ± SD", f"{format_mm(tre['mean'])} ± {format_mm(tre['sd'])}"))
+    def _show_tre(
+        self, out: tuple[dict[str, Any], dict[str, Any] | None], inputs: dict[str, Any]
+    ) -> None:
+        before, after = out
+        if after is None:
+            tre = before
+            _set_headers(self.tre_table, _TRE_HEADERS)
+            rows: list[tuple[str, ...]] = [
+                (str(i), format_mm(d)) for i, d in tre["per_landmark"].items()
+            ]
+            rows.append(("mean ± SD", f"{format_mm(tre['mean'])} ± {format_mm(tre['sd'])}"))
+            self.results.pop("tre_before_mm", None)
+        else:
+            tre = after
+            _set_headers(self.tre_table, _TRE_PAIR_HEADERS)
+            rows = [
+                (str(i), format_mm(before["per_landmark"][i]), format_mm(d))
+                for i, d in after["per_landmark"].items()
+            ]
+            rows.append(
+                (
+                    "mean ± SD",
+                    f"{format_mm(before['mean'])} ± {format_mm(before['sd'])}",
+                    f"{format_mm(after['mean'])} ± {format_mm(after['sd'])}",
+                )
+            )
+            self.results["tre_before_mm"] = before
         _fill(self.tre_table, rows)
-        self.tre_summary.setText(
+        text = (
             f"n = {tre['n']}, mean {format_mm(tre['mean'])} ± {format_mm(tre['sd'])} mm, "
             f"median {format_mm(tre['median'])}, max {format_mm(tre['max'])} mm"
         )
+        if after is not None:
+            text = f"before: mean {format_mm(before['mean'])} mm; after: " + text
+        self.tre_summary.setText(text)
         self.results["tre_mm"] = tre
         self.results.setdefault("inputs", {}).update(
             {f"tre_{k}": v for k, v in inputs.items() if v is not None}

@@ -57,6 +57,8 @@ __all__ = [
     "ObliqueResampleWarning",
     "field_to_vectors",
     "layer_to_volume",
+    "pair_moving_result",
+    "pair_to_layers",
     "points_to_world",
     "preview_to_layers",
     "result_to_layers",
@@ -865,6 +867,159 @@ def result_to_layers(
         )
     )
     return layers
+
+
+# Fixed-grid outputs of a pair result: (attribute of PairResult, role, label, layer kwargs).
+_PAIR_FIXED: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("moved", "moved_on_fixed", "moved", {"colormap": "gray"}),
+    ("inpainted_on_fixed", "inpainted_on_fixed", "inpainted", {"visible": False}),
+    ("lesion_mask_on_fixed", "lesion_mask_on_fixed", "lesion mask", {"opacity": 0.5}),
+)
+
+
+def pair_moving_result(pair: Any) -> RegistrationResult:
+    """The moving-side :class:`~napari_girnet.api.RegistrationResult` of a pair result
+    (``pair.registration``; ``pair.result`` in older builds).
+
+    Raises
+    ------
+    AttributeError
+        If ``pair`` has neither.
+    """
+    found = getattr(pair, "registration", None)
+    if found is None:
+        found = getattr(pair, "result", None)
+    if found is None:
+        raise AttributeError(
+            f"{type(pair).__name__} has no moving-side result (registration or result)"
+        )
+    return found
+
+
+def _fixed_brain_mask(pair: Any) -> np.ndarray | None:
+    """Brain mask on the fixed native grid: ``pair.fixed_prepared.native_mask`` when present;
+    otherwise the nonzero voxels of a skull-stripped fixed scan, or None when that keeps
+    (almost) everything or nothing (a scan with a non-zero background)."""
+    fixed = pair.fixed
+    native = getattr(getattr(pair, "fixed_prepared", None), "native_mask", None)
+    if native is not None and tuple(native.shape) == tuple(fixed.shape):
+        return np.asarray(native.array) != 0
+    mask = np.asarray(fixed.array) != 0
+    fraction = float(mask.mean()) if mask.size else 0.0
+    return mask if 0.0 < fraction < 0.95 else None
+
+
+def pair_to_layers(
+    pair: Any,
+    moving_name: str,
+    fixed_name: str,
+    stride: int = 6,
+    provenance: Mapping[str, Any] | None = None,
+) -> list[LayerDataTuple]:
+    """napari layers for a pair result (:class:`napari_girnet.api.PairResult`) on both grids.
+
+    Parameters
+    ----------
+    pair : PairResult
+        Output of :func:`napari_girnet.api.register_pair` for ``moving`` (e.g. the
+        pre-operative scan) and ``fixed`` (the follow-up of the same patient). Used: the
+        moving-side :class:`~napari_girnet.api.RegistrationResult`
+        (:func:`pair_moving_result`), ``pair.fixed`` (Volume), ``pair.moved``,
+        ``pair.inpainted_on_fixed``, ``pair.lesion_mask_on_fixed``, ``pair.jacobian_on_fixed``
+        (volumes on the fixed grid), ``pair.field_fixed_to_moving`` (``(3, X, Y, Z)`` RAS mm on
+        the fixed grid: fixed point ``p`` maps to moving point ``p + d(p)``) and, for the
+        vectors' mask, ``pair.fixed_prepared.native_mask``. A missing (None) fixed-grid output
+        is skipped.
+    moving_name, fixed_name : str
+        Names of the moving and fixed layers.
+    stride : int
+        Vector stride, in voxels of each grid.
+    provenance : mapping, optional
+        Extra provenance entries, as for :func:`result_to_layers`.
+
+    Returns
+    -------
+    list of tuple
+        First the layers of :func:`result_to_layers` for ``pair.result`` on the **moving**
+        scan's grid, their names suffixed ``" (on <moving>)"`` (except ``scan→atlas``, which
+        lives on the working grid); then, on the **fixed** scan's grid (the fixed layer's scale
+        and translate): ``"<moving> moved (on <fixed>)"`` (Image, gray),
+        ``"<moving> inpainted (on <fixed>)"`` (Image, hidden), ``"<moving> lesion mask (on
+        <fixed>)"`` (Labels), ``"<moving> deformation (on <fixed>)"`` (Vectors of
+        ``field_fixed_to_moving``, subsampled like the moving-grid deformation, inside the fixed
+        brain mask; hidden) and ``"<moving> Jacobian (on <fixed>)"`` (Image, PiYG, hidden).
+        Each layer's
+        ``metadata["girnet"]`` has ``"role"`` (fixed-grid roles end in ``"_on_fixed"``),
+        ``"grid"`` (``"moving"``, ``"fixed"`` or ``"working"``) and ``"provenance"`` (with
+        ``moving_layer``, ``fixed_layer`` and ``mode="pair"``).
+    """
+    extra = {"mode": "pair", "moving_layer": moving_name, "fixed_layer": fixed_name}
+    extra.update(dict(provenance or {}))
+    out: list[LayerDataTuple] = []
+    result = pair_moving_result(pair)
+    for data, kwargs, kind in result_to_layers(result, moving_name, stride, extra):
+        girnet = kwargs["metadata"]["girnet"]
+        if girnet.get("role") == "scan_to_atlas":
+            girnet["grid"] = "working"
+        else:
+            girnet["grid"] = "moving"
+            kwargs["name"] = f"{kwargs['name']} (on {moving_name})"
+        out.append((data, kwargs, kind))
+    prov = _result_provenance(result, moving_name, extra)
+    fixed = pair.fixed
+
+    def meta(role: str) -> dict[str, Any]:
+        return {"girnet": {"role": role, "grid": "fixed", "provenance": prov, "path": None}}
+
+    for attr, role, label, kwargs in _PAIR_FIXED:
+        volume = getattr(pair, attr, None)
+        if volume is None:
+            continue
+        out.append(
+            volume_to_layer_data(
+                _on_scan_grid(volume, fixed),
+                f"{moving_name} {label} (on {fixed_name})",
+                kind="labels" if role.startswith("lesion_mask") else "image",
+                metadata=meta(role),
+                **({"colormap": "gray"} if role == "inpainted_on_fixed" else {}),
+                **kwargs,
+            )
+        )
+    field = getattr(pair, "field_fixed_to_moving", None)
+    brain = _fixed_brain_mask(pair)
+    if field is not None:
+        out.append(
+            field_to_vectors(
+                np.asarray(field),
+                fixed,
+                stride=stride,
+                mask=brain,
+                name=f"{moving_name} deformation (on {fixed_name})",
+                visible=False,
+                metadata={
+                    "girnet": {
+                        **meta("deformation_on_fixed")["girnet"],
+                        "direction": "fixed→moving: a point p of the fixed scan maps to the "
+                        "moving scan's point p + d(p), world RAS mm",
+                    }
+                },
+            )
+        )
+    jacobian = getattr(pair, "jacobian_on_fixed", None)
+    if jacobian is not None:
+        jac = _on_scan_grid(jacobian, fixed)
+        jac_mask = brain if brain is not None and brain.shape == jac.shape else None
+        out.append(
+            volume_to_layer_data(
+                jac,
+                f"{moving_name} Jacobian (on {fixed_name})",
+                colormap="PiYG",
+                contrast_limits=_jacobian_limits(np.asarray(jac.array), jac_mask),
+                visible=False,
+                metadata=meta("jacobian_on_fixed"),
+            )
+        )
+    return out
 
 
 _PREVIEW = (

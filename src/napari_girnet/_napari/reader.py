@@ -11,6 +11,18 @@
     Landmark CSVs with the header ``Landmark,X,Y,Z`` (BraTS-Reg, LPS mm) or ``id,x,y,z`` (RAS
     mm) open as a Points layer in world mm (scale 1, ``(S, A, R)`` order), overlaying the
     images. Other CSVs are left to other readers.
+
+BraTS-Reg grid convention
+-------------------------
+BraTS-Reg (Baheti et al., arXiv 2112.06979) ships 240 x 240 x 155 scans at 1 mm in LPS voxel
+order (SRI24 space); their NIfTI affine is ``diag(-1, -1, 1)`` with RAS translation
+``(0, 239, 0)``. Its landmark CSVs (``Landmark,X,Y,Z``) hold **LPS world millimetres** (ITK
+physical space), not voxel indices: a landmark ``(X, Y, Z)`` is the RAS point ``(-X, -Y, Z)``
+(:func:`napari_girnet.data.landmarks.read_landmarks`), which is voxel ``(X, Y + 239, Z)`` of the
+file's array. Because both the scan layer (through its affine) and the Points layer live in the
+same RAS world, the points land on the right voxels of the scan without any per-file offset; on
+the displayed ``(S, A, R)`` array of the scan (canonical RAS: the L and P axes flipped) the
+landmark is at index ``(Z, -Y, 239 - X)``.
 """
 
 from __future__ import annotations
@@ -233,6 +245,14 @@ def read_nifti_layers(path: PathLike | Sequence[PathLike]) -> list[LayerDataTupl
 # ----------------------------------------------------------------------------- landmarks
 def read_landmark_csv(path: PathLike | Sequence[PathLike]) -> list[LayerDataTuple]:
     """Read landmark CSV(s) into Points layers in world millimetres.
+
+    Parameters
+    ----------
+    path : path or list of paths
+        ``id,x,y,z`` (RAS mm) or BraTS-Reg ``Landmark,X,Y,Z`` (LPS world mm, converted to RAS
+        ``(-X, -Y, Z)``). On the BraTS-Reg 240 x 240 x 155 LPS grid (affine ``diag(-1, -1, 1)``,
+        translation ``(0, 239, 0)``) the landmark ``(X, Y, Z)`` is file voxel
+        ``(X, Y + 239, Z)``; see the module docstring.
 
     Returns
     -------

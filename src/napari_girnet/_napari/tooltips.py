@@ -34,6 +34,14 @@ _PSEUDO = (
     "0 disables them (faster to prepare)."
 )
 
+_LANDMARK_CSV = (
+    "Landmark CSVs: 'id,x,y,z' in RAS mm, or BraTS-Reg 'Landmark,X,Y,Z' in LPS mm (world "
+    "coordinates, converted to RAS as (-X, -Y, Z)). On the BraTS-Reg 240 x 240 x 155 grid "
+    "(1 mm, LPS, file affine diag(-1, -1, 1) with translation (0, 239, 0)) the landmark "
+    "(X, Y, Z) is voxel (X, Y + 239, Z) of the file's array, so the points land on the scan "
+    "opened with this plugin's reader."
+)
+
 TIPS: dict[str, str] = {
     # ---------------------------------------------------------------- Train
     "train.scans": (
@@ -73,7 +81,15 @@ TIPS: dict[str, str] = {
     "train.plot": "Loss of each network against the step (updated while training).",
     # ---------------------------------------------------------------- Apply
     "apply.scan": "Skull-stripped T1 Image layer to register, segment and inpaint.",
-    "apply.atlas": _ATLAS,
+    "apply.atlas": _ATLAS
+    + (
+        " 'fixed scan: <layer>' entries choose pair mode (longitudinal registration): the scan "
+        "(moving, e.g. pre-operative) is registered to that follow-up scan of the same patient "
+        "(fixed), and the results appear on both grids: on the moving scan ('... (on "
+        "<moving>)') and on the fixed scan ('... (on <fixed>)': moved scan, inpainted scan, "
+        "lesion mask, deformation fixed→moving). The fixed scan must be another 3D Image "
+        "layer; pair mode cannot be combined with 'every selected Image layer'."
+    ),
     "apply.model": (
         "'bundled model for preset': the pretrained weights shipped for the chosen preset "
         "(random weights if none are bundled); 'last trained': the checkpoint of the last "
@@ -135,8 +151,17 @@ TIPS: dict[str, str] = {
     "evaluate.fixed": (
         "Points layer with the fixed landmarks (e.g. on the scan): the points the field maps."
     ),
-    "evaluate.load_moving": "Add a Points layer from a landmark CSV and use it as moving.",
-    "evaluate.load_fixed": "Add a Points layer from a landmark CSV and use it as fixed.",
+    "evaluate.load_moving": "Add a Points layer from a landmark CSV and use it as moving. "
+    + _LANDMARK_CSV,
+    "evaluate.load_fixed": "Add a Points layer from a landmark CSV and use it as fixed. "
+    + _LANDMARK_CSV,
+    "evaluate.field_source": (
+        "Where the displacement field comes from: 'none' compares the paired points as they "
+        "are; 'file…' reads the NIfTI below; 'last pair result' uses the field fixed→moving of "
+        "the last pair-mode run of Apply model (on the fixed scan's grid: moving = the "
+        "pre-operative scan, fixed = the follow-up). With a field the table shows the TRE "
+        "before and after it, and the export holds both."
+    ),
     "evaluate.field": (
         "Optional displacement field NIfTI defined on the fixed grid and mapping fixed points "
         "to moving points, e.g. field_atlas_to_scan.nii.gz saved by Apply (scan = fixed, "

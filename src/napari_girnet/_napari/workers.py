@@ -24,16 +24,24 @@ Threading model (napari's ``napari.qt.threading`` generator workers)
   notifications; and superqt swallows a ``RuntimeError`` escaping a generator worker without
   emitting ``errored`` or ``finished``, hence every exception is wrapped in ``TaskError``.)
 - GPU memory is released at the end of every job (:func:`free_memory`).
+- Pair mode (:func:`pair_steps`) calls :func:`napari_girnet.api.register_pair`, which reports
+  through a ``progress`` callback instead of being a generator; it runs in one helper thread
+  started by the worker, its events travel through a queue to the worker's ``yield``, and
+  cancelling raises :class:`~napari_girnet.api.RegistrationCancelled` from the callback at the
+  next event (stage or fine-tuning step).
 
-"Last trained" model
---------------------
+"Last trained" model, "last pair result"
+----------------------------------------
 :func:`remember_trained` / :func:`last_trained` keep, per viewer, the checkpoint of the last
 training run (a :class:`weakref.WeakKeyDictionary` keyed by the underlying viewer, so closing a
 viewer forgets it). The Train widget writes it, the Apply widget's "last trained" model reads it.
+:func:`remember_pair` / :func:`last_pair` do the same for the last pair-mode result of the
+Apply widget, which the Evaluate widget offers as a displacement field source.
 
 Shared GUI-thread helpers
 -------------------------
-:class:`LayerCombo` / :class:`LayerChecklist` (layer choices kept in sync with the viewer) and
+:class:`LayerCombo` / :class:`LayerChecklist` (layer choices kept in sync with the viewer),
+:class:`TargetCombo` (atlas, template layers and "fixed scan" layers for pair mode) and
 :func:`add_or_update_layers` (layer data tuples -> layers, live previews updated in place).
 """
 
@@ -42,6 +50,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import queue
 import threading
 import time
 import weakref
@@ -57,13 +66,17 @@ from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QWidget
 from .. import api
 from ..core.colearn import TrainingReport
 from ..data.volume import Volume
+from .layers import pair_moving_result
 
 __all__ = [
+    "FIXED_PREFIX",
     "ApplyJob",
     "ApplyOutcome",
     "LayerChecklist",
     "LayerCombo",
+    "PairJob",
     "RegistrationCancelled",
+    "TargetCombo",
     "TaskError",
     "TrainControl",
     "TrainJob",
@@ -76,9 +89,13 @@ __all__ = [
     "format_mm",
     "free_memory",
     "landmark_tre",
+    "landmark_tre_before_after",
+    "last_pair",
     "last_trained",
     "mask_metrics",
     "one_line",
+    "pair_steps",
+    "remember_pair",
     "remember_trained",
     "train_steps",
 ]
@@ -160,6 +177,21 @@ def remember_trained(viewer: Any, checkpoint: str | Path) -> None:
 def last_trained(viewer: Any) -> Path | None:
     """The checkpoint of the last training run in ``viewer`` (None if none yet)."""
     return _TRAINED.get(_unwrap(viewer))
+
+
+_PAIRS: weakref.WeakKeyDictionary[Any, tuple[Any, str, str]] = weakref.WeakKeyDictionary()
+
+
+def remember_pair(viewer: Any, pair: Any, moving_name: str, fixed_name: str) -> None:
+    """Record ``pair`` (a :class:`napari_girnet.api.PairResult`) as the last pair-mode result in
+    ``viewer``, with the names of its moving and fixed layers (only the latest is kept)."""
+    _PAIRS[_unwrap(viewer)] = (pair, moving_name, fixed_name)
+
+
+def last_pair(viewer: Any) -> tuple[Any, str, str] | None:
+    """``(pair_result, moving_layer_name, fixed_layer_name)`` of the last pair-mode run in
+    ``viewer`` (None if none yet)."""
+    return _PAIRS.get(_unwrap(viewer))
 
 
 # ----------------------------------------------------------------------------- training
@@ -356,12 +388,41 @@ class ApplyJob:
 
 
 @dataclass(frozen=True)
+class PairJob:
+    """A pair-mode run (:func:`napari_girnet.api.register_pair`), gathered on the GUI thread.
+
+    ``job`` holds the moving scan (the pre-operative scan, ``job.scan``) and every setting as
+    for a single scan (``job.atlas`` and ``job.pseudo_cases`` are not used); ``fixed`` is the
+    follow-up scan of the same patient (canonical RAS volume from its layer) and
+    ``fixed_name`` its layer name.
+    """
+
+    job: ApplyJob
+    fixed: Volume
+    fixed_name: str
+
+    @property
+    def scan_name(self) -> str:
+        """The moving layer's name."""
+        return self.job.scan_name
+
+    @property
+    def fine_tune_steps(self) -> int:
+        return self.job.fine_tune_steps
+
+
+@dataclass(frozen=True)
 class ApplyOutcome:
-    """The worker's ``returned`` value: the result, or None when cancelled."""
+    """The worker's ``returned`` value: the result, or None when cancelled.
+
+    In pair mode ``pair`` is the :class:`napari_girnet.api.PairResult` and ``result`` its
+    moving-side :class:`~napari_girnet.api.RegistrationResult` (``pair.registration``).
+    """
 
     result: api.RegistrationResult | None
     cancelled: bool
     seconds: float
+    pair: Any = None
 
 
 def apply_steps(
@@ -404,6 +465,101 @@ def apply_steps(
     except Exception as exc:
         raise TaskError(f"GIRNet registration failed: {one_line(exc)}") from exc
     finally:
+        free_memory()
+
+
+_DONE = object()
+
+
+def pair_steps(
+    job: PairJob, cancel: threading.Event, poll_s: float = 0.05
+) -> Generator[api.StageEvent, None, ApplyOutcome]:
+    """Worker generator of pair mode: run :func:`napari_girnet.api.register_pair`, yield its events.
+
+    ``register_pair`` reports through a ``progress`` callback, so it runs in one helper thread;
+    each :class:`~napari_girnet.api.StageEvent` is passed through a queue and yielded here (in
+    the worker thread). ``cancel`` is checked by the callback at every event, which raises
+    :class:`~napari_girnet.api.RegistrationCancelled` so the run stops at the next stage or
+    fine-tuning step; the outcome is then ``cancelled=True``. Closing the generator
+    (``worker.quit()``) sets ``cancel`` too, so an abandoned run stops as well.
+
+    Parameters
+    ----------
+    job : PairJob
+    cancel : threading.Event
+    poll_s : float
+        How often (seconds) the worker looks at the helper thread between events.
+
+    Returns
+    -------
+    ApplyOutcome
+        ``pair`` = the PairResult and ``result`` = its moving-side result
+        (:func:`~napari_girnet._napari.layers.pair_moving_result`), or both None when cancelled.
+
+    Raises
+    ------
+    TaskError
+        With a one-line reason, chaining the original exception (also when
+        ``api.register_pair`` is missing).
+    """
+    t0 = time.perf_counter()
+    events: queue.Queue[Any] = queue.Queue()
+    box: dict[str, Any] = {}
+    base = job.job
+
+    def progress(event: api.StageEvent) -> None:
+        if cancel.is_set():
+            raise RegistrationCancelled("pair registration cancelled")
+        events.put(event)
+
+    def run() -> None:
+        try:
+            register_pair = getattr(api, "register_pair", None)
+            if register_pair is None:
+                raise NotImplementedError(
+                    "this napari-girnet has no api.register_pair (pair mode unavailable)"
+                )
+            box["pair"] = register_pair(
+                base.scan,
+                job.fixed,
+                base.model,
+                config=base.preset if base.model is None else None,
+                fine_tune_steps=int(base.fine_tune_steps),
+                instance_steps=base.instance_steps,
+                seed=int(base.seed),
+                device=base.device,
+                truth=base.truth,
+                inference={"refine": bool(base.refine), "detector": base.detector or "auto"},
+                skull_strip=base.skull_strip,
+                progress=progress,
+            )
+        except BaseException as exc:  # handed to the worker thread
+            box["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    helper = threading.Thread(target=run, name="girnet-register-pair", daemon=True)
+    helper.start()
+    try:
+        while True:
+            try:
+                item = events.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                break
+            yield item
+        error = box.get("error")
+        if isinstance(error, RegistrationCancelled) or cancel.is_set():
+            return ApplyOutcome(None, True, time.perf_counter() - t0)
+        if error is not None:
+            raise TaskError(f"GIRNet pair registration failed: {one_line(error)}") from error
+        pair = box["pair"]
+        result = pair_moving_result(pair)
+        return ApplyOutcome(result, False, time.perf_counter() - t0, pair=pair)
+    finally:
+        if helper.is_alive():  # generator closed early (worker.quit()): stop the helper too
+            cancel.set()
         free_memory()
 
 
@@ -468,6 +624,62 @@ def landmark_tre(
 
     ids, moving, fixed = _pair(moving_ids, moving_mm, fixed_ids, fixed_mm)
     return tre_of_pairs(ids, moving, fixed, field)
+
+
+def landmark_tre_before_after(
+    moving_ids: Sequence[str] | None,
+    moving_mm: np.ndarray,
+    fixed_ids: Sequence[str] | None,
+    fixed_mm: np.ndarray,
+    field: str | Path | tuple[np.ndarray, Volume] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """TRE of paired landmarks before and after a displacement field.
+
+    Parameters
+    ----------
+    moving_ids, moving_mm, fixed_ids, fixed_mm
+        As :func:`landmark_tre`: ids (paired by id when both are given, else by order) and
+        ``(N, 3)`` world RAS mm points.
+    field : path, ``(field_mm, grid)`` or None
+        A displacement field NIfTI as in :func:`landmark_tre`, or an in-memory field: ``field_mm``
+        ``(3, X, Y, Z)`` RAS millimetres on the voxels of ``grid`` (a
+        :class:`~napari_girnet.data.volume.Volume`, any orientation; array axes as its array),
+        mapping a fixed point ``p`` to the moving point ``p + field_mm(p)``, e.g. a pair result's
+        ``field_fixed_to_moving`` on ``pair.fixed``. Sampled trilinearly; points outside the grid
+        take the nearest edge value.
+
+    Returns
+    -------
+    before, after : dict, dict or None
+        TRE summaries (``mean``, ``sd``, ``median``, ``max`` mm, ``n``, ``per_landmark``) of the
+        points as they are and through the field (None without a field).
+
+    Raises
+    ------
+    ValueError
+        Unpairable points, a bad field file, or an in-memory field whose shape is not
+        ``(3, *grid.shape)``.
+    """
+    from ..evaluation import metrics
+
+    before = landmark_tre(moving_ids, moving_mm, fixed_ids, fixed_mm, None)
+    if field is None:
+        return before, None
+    if not isinstance(field, tuple):
+        return before, landmark_tre(moving_ids, moving_mm, fixed_ids, fixed_mm, field)
+    field_mm, grid = field
+    field_mm = np.asarray(field_mm, dtype=np.float64)
+    if field_mm.shape != (3, *grid.shape):
+        raise ValueError(
+            f"field must have shape (3, {', '.join(map(str, grid.shape))}) on the fixed grid "
+            f"{grid.name or ''}, got {field_mm.shape}"
+        )
+    ids, moving, fixed = _pair(moving_ids, moving_mm, fixed_ids, fixed_mm)
+    mapped = fixed + metrics.sample_displacement(field_mm, grid.world_to_voxel(fixed))
+    dist = metrics.tre(mapped, moving)
+    after: dict[str, Any] = dict(metrics.tre_summary(dist))
+    after["per_landmark"] = {str(i): float(d) for i, d in zip(ids, dist, strict=True)}
+    return before, after
 
 
 def mask_metrics(
@@ -605,6 +817,54 @@ class LayerCombo(_LayerSync, QComboBox):
         return self._viewer.layers[name]
 
 
+FIXED_PREFIX = "fixed scan: "
+"""Prefix of the :class:`TargetCombo` entries that choose pair mode."""
+
+
+class TargetCombo(LayerCombo):
+    """Registration target: fixed entries (the bundled atlas), Image layers used as a template,
+    and the same Image layers offered as ``"fixed scan: <name>"`` (a follow-up scan of the same
+    patient; choosing one means pair mode).
+
+    GIRNet result layers (``metadata["girnet"]["role"]``) are not offered as fixed scans, and a
+    layer whose own name starts with :data:`FIXED_PREFIX` is ambiguous and is only offered as a
+    template.
+    """
+
+    def layer_names(self) -> list[str]:
+        names = super().layer_names()
+        scans = [
+            ly.name
+            for ly in self._viewer.layers
+            if isinstance(ly, self._type)
+            and "role" not in (ly.metadata.get("girnet") or {})
+            and not ly.name.startswith(FIXED_PREFIX)
+        ]
+        return [*names, *(FIXED_PREFIX + n for n in scans)]
+
+    def is_pair(self) -> bool:
+        """True when a ``"fixed scan: ..."`` entry is chosen."""
+        text = self.currentText()
+        return text.startswith(FIXED_PREFIX) and text not in self._viewer.layers
+
+    def layer(self) -> Any | None:
+        """The template layer (None for the bundled atlas or a fixed scan)."""
+        return None if self.is_pair() else super().layer()
+
+    def fixed_layer(self) -> Any | None:
+        """The fixed scan's layer in pair mode (None otherwise)."""
+        if not self.is_pair():
+            return None
+        name = self.currentText()[len(FIXED_PREFIX) :]
+        found = [ly for ly in self._viewer.layers if ly.name == name]
+        return found[0] if found else None
+
+    def set_fixed(self, name: str) -> None:
+        """Choose the layer ``name`` as the fixed scan (pair mode)."""
+        self.refresh()
+        self.setCurrentText(FIXED_PREFIX + name)
+
+
 class LayerChecklist(_LayerSync, QListWidget):
     """Checkable list of layer names of one type, kept in sync with the viewer.
 
@@ -648,9 +908,7 @@ class LayerChecklist(_LayerSync, QListWidget):
         return [item for item in items if item is not None]
 
     def checked_names(self) -> list[str]:
-        return [
-            item.text() for item in self._items() if item.checkState() == Qt.CheckState.Checked
-        ]
+        return [item.text() for item in self._items() if item.checkState() == Qt.CheckState.Checked]
 
     def set_checked(self, names: Iterable[str]) -> None:
         wanted = set(names)
