@@ -37,6 +37,33 @@ def test_supervised_loss_is_low_for_the_truth_and_high_for_the_empty_mask():
     assert float(z.grad[t > 0].abs().min()) > 0
 
 
+def test_lesion_free_items_are_scored_by_the_bce_alone():
+    """Regression (issue #9): a batch-wide soft Dice gives a lesion-free crop the term
+    ``1 - s / (sum(p) + s)``, about 1 unless the whole crop holds < 1 voxel of probability, and
+    the reported training Dice of such a step is ~0 whatever SegNet does."""
+    logits = torch.full((2, 1, 8, 8, 8), -3.0)
+    target = torch.zeros_like(logits)
+    target[0, 0, 2:5, 2:5, 2:5] = 1
+    logits[0][target[0] > 0] = 6.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    # no lesion in the batch: the BCE alone, and no Dice to report
+    loss, terms = supervised_seg_loss(logits[1:], target[1:])
+    assert float(loss) == pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(logits[1:], target[1:]))
+    )
+    assert torch.isnan(terms["soft_dice"]) and float(terms["lesion_items"]) == 0
+    # lesion item + lesion-free item: the Dice is that of the lesion item alone
+    loss, terms = supervised_seg_loss(logits, target)
+    _, alone = supervised_seg_loss(logits[:1], target[:1])
+    assert float(terms["soft_dice"]) == pytest.approx(float(alone["soft_dice"]))
+    assert float(terms["lesion_items"]) == 1
+    assert float(loss) == pytest.approx(float(bce) + 1 - float(alone["soft_dice"]))
+    # the former batch-wide Dice stays available for ablation
+    old, old_terms = supervised_seg_loss(logits, target, empty_dice=True)
+    assert float(old_terms["soft_dice"]) < float(terms["soft_dice"])
+    assert float(old) > float(loss)
+
+
 def test_crop_starts_contain_the_centre_and_stay_inside():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
@@ -53,8 +80,9 @@ def test_crop_sampler_is_a_pure_function_of_the_step_and_centres_lesions():
     scan = torch.rand(1, 32, 32, 32)
     mask = torch.zeros(1, 32, 32, 32)
     mask[0, 3, 28, 5] = 1
-    sampler = CropSampler([(scan, mask)], (16, 16, 16), batch_size=2, seed=3, lesion_prob=1.0,
-                          flip=False)
+    sampler = CropSampler(
+        [(scan, mask)], (16, 16, 16), batch_size=2, seed=3, lesion_prob=1.0, flip=False
+    )
     a, b = sampler(7), sampler(7)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert a[0].shape == (2, 1, 16, 16, 16)
@@ -65,8 +93,9 @@ def test_crop_sampler_is_a_pure_function_of_the_step_and_centres_lesions():
 def _blobs(n: int, shape=(32, 32, 32), seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     out = []
-    zz, yy, xx = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in shape),
-                                indexing="ij")
+    zz, yy, xx = torch.meshgrid(
+        *(torch.arange(s, dtype=torch.float32) for s in shape), indexing="ij"
+    )
     for _ in range(n):
         c = torch.randint(8, 24, (3,), generator=g).float()
         r = 3 + 3 * torch.rand(1, generator=g)
@@ -85,8 +114,9 @@ def test_supervised_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
         seed_everything(0)
         model = GIRNet(cfg)
         sampler = CropSampler(vols, (16, 16, 16), seed=1)
-        return SupervisedSegTrainer(model, sampler, steps=6, lr=1e-3, checkpoint_dir=ckdir,
-                                    checkpoint_every=2)
+        return SupervisedSegTrainer(
+            model, sampler, steps=6, lr=1e-3, checkpoint_dir=ckdir, checkpoint_every=2
+        )
 
     full = make(tmp_path / "a")
     losses_full = [r.loss for r in full.steps()]
@@ -96,8 +126,9 @@ def test_supervised_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert resumed.resume_from(tmp_path / "b" / "last.pt") and resumed.step == 3
     losses_part += [r.loss for r in resumed.steps()]
     assert losses_part == losses_full
-    for (k, v), (k2, v2) in zip(full.model.seg.state_dict().items(),
-                                resumed.model.seg.state_dict().items(), strict=True):
+    for (k, v), (k2, v2) in zip(
+        full.model.seg.state_dict().items(), resumed.model.seg.state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(v, v2)
     # a checkpoint of another phase is refused
     other = load_checkpoint(tmp_path / "a" / "last.pt")
@@ -139,9 +170,18 @@ def test_warm_started_colearning_on_real_slabs_does_not_end_with_an_empty_mask(t
     seed_everything(0)
     model = GIRNet(cfg)
     sup = SupervisedSegTrainer(
-        model, CropSampler(list(zip(scans, masks, strict=True)), (48, 48), batch_size=3, seed=0,
-                           lesion_prob=0.0, flip=False),
-        steps=60, lr=3e-3, config=cfg,
+        model,
+        CropSampler(
+            list(zip(scans, masks, strict=True)),
+            (48, 48),
+            batch_size=3,
+            seed=0,
+            lesion_prob=0.0,
+            flip=False,
+        ),
+        steps=60,
+        lr=3e-3,
+        config=cfg,
     )
     for _ in sup.steps():
         pass
