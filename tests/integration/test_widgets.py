@@ -163,8 +163,9 @@ def test_apply_adds_result_layers(make_napari_viewer_proxy, qtbot, brain):
     dock(viewer, widget)
     assert widget.fine_tune_steps.value() == 0
     assert widget.stride.value() == 6
-    # no weights ship for the presets: the bundled model is not offered
-    assert widget.model.currentText() == MODEL_UNTRAINED
+    # the cpu-2mm model ships and is the default; none ships for 'test', so it is not offered
+    assert widget.preset.currentText() == "cpu-2mm"
+    assert widget.model.currentText() == MODEL_BUNDLED
     widget.scan.setCurrentText("scan")
     widget.truth.setCurrentText("truth")
     widget.preset.setCurrentText("test")

@@ -484,12 +484,11 @@ def _section_from_dict(klass: type, data: dict[str, Any], name: str) -> Any:
     return dataclasses.replace(defaults, **kwargs)
 
 
-# Half the reference widths. A model started from the public SymNet weights (core.symnet) needs
-# RegNet's reference width (7 start channels); it is about 2x slower per step on 2 CPU cores
-# (measured 25-57 s vs 12 s per fine-tuning step under load), so the preset switches to it only
-# together with shipped weights that use it (see docs/development.md, "Bundled model").
+# SegNet and InpNet at half the reference widths; RegNet at the reference width (7 start
+# channels), the width of the public SymNet weights (core.symnet) that the shipped cpu-2mm model
+# starts from (docs/model-card.md).
 _HALF_NET = NetConfig(
-    reg_start_channels=4,
+    reg_start_channels=7,
     int_downsize=2,
     reg_head_std=1e-5,
     seg_init_bias=-3.0,
@@ -530,7 +529,7 @@ PRESETS: dict[str, GIRNetConfig] = {
         net=_HALF_NET,
         loss=_SAFE_LNCC,
         data=DataConfig(ndim=3, resolution_mm=2.0, atlas_preset="2mm", shape=(80, 96, 80)),
-        schedule=ScheduleConfig(steps=300, fine_tune_steps=30, instance_steps=40),
+        schedule=ScheduleConfig(steps=300, fine_tune_steps=30, instance_steps=20),
         runtime=RuntimeConfig(device="auto", checkpoint_every=25, preview_every=25),
     ),
     "2d": GIRNetConfig(
