@@ -12,8 +12,8 @@ Tasks:
 * ``atlas``: the case registered to the MNI152 atlas; exact when the healthy brain is the atlas
   (``--brains mni152``); for OASIS brains the truth is the paper's MDE definition: the field of
   the lesion-free twin registered by the same method (so every method runs twice per case).
-* ``longitudinal``: not implemented yet (TRE on synthetic pre/post pairs). Extension point:
-  add a :class:`TaskInputs` provider to :data:`TASKS` (reference image, mask, truth).
+* ``longitudinal``: TRE on synthetic pre/post pairs is its own benchmark,
+  ``benchmarks/longitudinal.py`` (pairs of scans, not scans against a reference).
 
     python benchmarks/peers.py                       # 6 cases, healthy task, shipped model
     python benchmarks/peers.py --model runs/model/last.pt --tasks healthy,atlas
@@ -72,7 +72,7 @@ def _atlas_task(lc: C.LoadedCase, shared: dict[str, Path]) -> TaskInputs:
 TASKS: dict[str, Callable[[C.LoadedCase, dict[str, Path]], TaskInputs]] = {
     "healthy": _healthy_task,
     "atlas": _atlas_task,
-    # "longitudinal": TRE on synthetic pre/post pairs -- does not exist yet; add its provider here
+    # "longitudinal": TRE on synthetic pre/post pairs lives in benchmarks/longitudinal.py
 }
 
 
@@ -143,6 +143,7 @@ def run_case(
             lesion=lc.folder / "lesion.nii.gz",
             ants_mask=mask_path,
             model=args.model,
+            instance_steps=args.instance_steps,
         )
         row: dict = {"task": task, "case": lc.spec.name, "kind": lc.spec.kind, "method": method}
         print(f"  {task:8s} {lc.spec.name:24s} {method:17s}", end=" ", flush=True)
@@ -160,6 +161,7 @@ def run_case(
                 out / f"{method}-twin",
                 ants_mask=mask_path,
                 model=args.model,
+                instance_steps=args.instance_steps,
             )
             twin = R.run(
                 twin_job, args.threads, args.seed, reuse=not args.fresh, score_only=args.score_only
@@ -249,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         default=None,
         help="trained GIRNet checkpoint (the 'girnet' row; default: the shipped cpu-2mm model)",
+    )
+    p.add_argument(
+        "--instance-steps",
+        type=int,
+        default=None,
+        help="instance-optimisation steps of the girnet rows (default: the pipeline's own)",
     )
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--cases", type=Path, default=REPO / "runs" / "peers-cases")

@@ -58,6 +58,7 @@ class Job:
     lesion: Path | None = None  # true lesion (girnet --truth)
     ants_mask: Path | None = None  # ants-masked only
     model: str | None = None
+    instance_steps: int | None = None  # girnet rows: instance-optimisation steps (None: default)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ def command(job: Job, threads: int, seed: int = 0) -> list[str]:
     else:
         model = ["--model", job.model] if job.model else []
     truth = ["--truth", str(job.lesion)] if job.lesion else []
+    if job.instance_steps is not None:
+        truth += ["--instance-steps", str(job.instance_steps)]
     if job.task == "atlas":
         return [
             girnet_exe(), "register", str(job.scan), "--out", str(job.out), "--threads",

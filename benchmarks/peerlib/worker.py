@@ -83,6 +83,7 @@ def _girnet_api(args: argparse.Namespace) -> None:
         model=args.model,
         truth=str(args.truth) if args.truth else None,
         seed=args.seed,
+        instance_steps=args.instance_steps,
         checkpoint_dir=args.out / "checkpoint",
     )
     result.save(args.out)
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", type=Path)
     parser.add_argument("--model", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--instance-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -106,13 +106,13 @@ def register(
     scan, atlas : path, Volume or (array, affine); atlas also "mni152" or an Atlas
         T1 scan (3D, real; raw or skull-stripped) and the skull-stripped template.
     model : GIRNet, Checkpoint or path, optional
-        Default: the model bundled for the preset; random weights from ``seed`` if none ships.
+        Default: the preset's bundled model; random weights from ``seed`` if none or "random".
     config : preset name or GIRNetConfig, optional
         Default: the model's own config (``"cpu-2mm"`` for the bundled/random model). When
         given together with a model made for another preset, the model is refused.
     fine_tune_steps, instance_steps : int, optional
-        Co-learning steps on this scan before prediction, and instance-optimisation steps
-        refining its registration (3D only); defaults from ``config.schedule``; 0 = none.
+        Co-learning steps on this scan (default: none for a trained model, GIRNet applies it
+        as trained) and instance-optimisation steps (3D); else ``config.schedule``'s; 0 = none.
     pseudo_cases, exclude_lesions : optional
         Pseudo cases mixed into fine-tuning (default 8), lesion sources left out of them.
     seed : int

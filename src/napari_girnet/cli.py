@@ -687,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="checkpoint (.pt or run folder) to apply; default: the bundled model of the preset",
+        help="checkpoint (.pt or run folder) to apply, or 'random' for untrained networks; "
+        "default: the bundled model of the preset",
     )
     p.add_argument(
         "--truth",
