@@ -279,7 +279,7 @@ def _cmd_register_many(args: argparse.Namespace) -> int:
 def _cmd_register_pair(args: argparse.Namespace) -> int:
     """Pair mode of ``register`` (``--fixed``): the scan registered onto another scan."""
     from . import api
-    from .qc import qc_montage
+    from .qc import qc_pair_montage
 
     refused = [
         ("several scans", len(args.scan) > 1),
@@ -316,9 +316,9 @@ def _cmd_register_pair(args: argparse.Namespace) -> int:
             bar.close()
         names = result.write_files(tmp)
         if args.qc:
-            names["qc"] = qc_montage(
-                result.fixed, result.lesion_mask_on_fixed, result.inpainted_on_fixed,
-                result.moved, result.jacobian_on_fixed, tmp / "qc.png",
+            names["qc"] = qc_pair_montage(
+                result.fixed, result.moved, result.lesion_mask_on_fixed,
+                result.jacobian_on_fixed, tmp / "qc.png",
                 title=f"GIRNet pair — {Path(str(result.moving.name)).name} on "
                 f"{Path(str(result.fixed.name)).name}",
             ).name  # fmt: skip
