@@ -197,6 +197,15 @@ class _StageProgress:
 
 
 # ----------------------------------------------------------------------------- register
+def _run_with_progress(session: Any) -> Any:
+    """Run a registration session (single scan or pair) behind the stage progress bar."""
+    bar = _StageProgress()
+    try:
+        return session.run(bar)
+    finally:
+        bar.close()
+
+
 def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``inference`` overrides given on the command line."""
     inference: dict[str, Any] = {}
@@ -309,11 +318,7 @@ def _cmd_register_pair(args: argparse.Namespace) -> int:
             skull_strip=args.skull_strip, landmarks_moving=args.landmarks_moving,
             landmarks_fixed=args.landmarks_fixed,
         )  # fmt: skip
-        bar = _StageProgress()
-        try:
-            result = session.run(bar)
-        finally:
-            bar.close()
+        result = _run_with_progress(session)
         names = result.write_files(tmp)
         if args.qc:
             names["qc"] = qc_pair_montage(
@@ -384,11 +389,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
             inference=inference,
             skull_strip=args.skull_strip,
         )
-        bar = _StageProgress()
-        try:
-            result = session.run(bar)
-        finally:
-            bar.close()
+        result = _run_with_progress(session)
         names = result.write_files(tmp)
         if args.qc:
             names["qc"] = qc_montage(
